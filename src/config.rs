@@ -1,0 +1,353 @@
+//! Every setting of `sluice serve`, in one struct, from one place.
+//!
+//! Sources, lowest precedence first: built-in defaults, the TOML file given
+//! by `--config`, the conventional `HOST`/`PORT`/`LOG_LEVEL` variables,
+//! `SLUICE_<SETTING>` variables, command-line flags. Keys are the flag names
+//! with `_` for `-` (`--history-max-events` is `history_max_events` in TOML
+//! and `SLUICE_HISTORY_MAX_EVENTS` in the environment).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, ValueEnum};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where history lives. Only memory exists so far; the on-disk log and Redis
+/// are further backends of the same trait (`log::EventLog`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Memory,
+}
+
+impl StorageKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageKind::Memory => "memory",
+        }
+    }
+}
+
+/// The resolved configuration of a running hub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, `host:port`.
+    pub listen: String,
+    /// A `tracing` filter: `info`, `debug`, `sluice=debug,tower_http=warn`…
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub storage: StorageKind,
+    /// Events kept in history, all topics together.
+    pub history_max_events: usize,
+    /// Age after which events leave history.
+    #[serde(with = "humantime_serde")]
+    pub history_max_age: Duration,
+    /// Events a subscriber may have queued before it is cut off as too slow.
+    pub subscriber_buffer: usize,
+    /// The reconnection delay SSE clients are told to use.
+    pub retry_ms: u64,
+    /// Silence after which a keep-alive goes out on a stream.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// Topics and patterns one subscription may name.
+    pub max_topics: usize,
+    /// Largest request body accepted.
+    pub max_body: ByteSize,
+    /// Origins allowed by CORS, comma-separated, or `*`.
+    pub cors_origins: String,
+    /// Kernel send buffer of each connection (SO_SNDBUF); the kernel's
+    /// default when unset. Smaller values bound the memory a stalled reader
+    /// holds and let the hub notice it sooner.
+    pub socket_send_buffer: Option<ByteSize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            storage: StorageKind::Memory,
+            history_max_events: 10_000,
+            history_max_age: Duration::from_secs(24 * 3600),
+            subscriber_buffer: 1000,
+            retry_ms: 5000,
+            keepalive: Duration::from_secs(15),
+            max_topics: 100,
+            max_body: ByteSize::mib(1),
+            cors_origins: "*".into(),
+            socket_send_buffer: None,
+        }
+    }
+}
+
+/// The flags of `sluice serve`. Every one is optional so that an absent flag
+/// lets a lower source decide; the values are checked when merged.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct ServeArgs {
+    /// TOML file with settings (keys as the flags, with `_` for `-`).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8000; HOST and PORT honoured].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Log filter, e.g. info or debug [default: info; LOG_LEVEL honoured].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// History backend [default: memory].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageKind>,
+    /// Events kept in history [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_max_events: Option<usize>,
+    /// Age after which events leave history, e.g. 24h, 30m [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_max_age: Option<String>,
+    /// Events queued per subscriber before it is cut off [default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriber_buffer: Option<usize>,
+    /// Reconnection delay told to SSE clients, in ms [default: 5000].
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_ms: Option<u64>,
+    /// Keep-alive after this much silence on a stream [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<String>,
+    /// Topics and patterns per subscription [default: 100].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_topics: Option<usize>,
+    /// Largest request body, e.g. 1MiB [default: 1MiB].
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<String>,
+    /// CORS origins, comma-separated, or * [default: *].
+    #[arg(long, value_name = "ORIGINS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors_origins: Option<String>,
+    /// Per-connection kernel send buffer, e.g. 64KiB [default: kernel's].
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_send_buffer: Option<String>,
+}
+
+impl Config {
+    /// Merges all sources, in order of precedence.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let known: HashSet<String> = serde_json::to_value(Config::default())
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &args.config {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        if let Some(listen) = conventional_listen() {
+            figment = figment.merge(Serialized::default("listen", listen));
+        }
+        figment = figment
+            .merge(Env::raw().only(&["LOG_LEVEL"]).lowercase(true))
+            .merge(
+                Env::prefixed("SLUICE_")
+                    .filter(move |key| known.contains(&key.as_str().to_ascii_lowercase())),
+            )
+            .merge(Serialized::defaults(args));
+        let config: Config = figment.extract()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("history_max_events", self.history_max_events),
+            ("subscriber_buffer", self.subscriber_buffer),
+            ("max_topics", self.max_topics),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        if self.keepalive.is_zero() {
+            anyhow::bail!("keepalive must be longer than zero");
+        }
+        Ok(())
+    }
+
+    /// The CORS origins, or `None` for any origin.
+    pub fn cors_origin_list(&self) -> Option<Vec<String>> {
+        let list: Vec<String> = self
+            .cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect();
+        (!list.iter().any(|o| o == "*")).then_some(list)
+    }
+}
+
+/// `listen` from the `HOST` and `PORT` variables that platforms set, when
+/// either is present; the default address fills in the other half.
+fn conventional_listen() -> Option<String> {
+    let host = std::env::var("HOST").ok();
+    let port = std::env::var("PORT").ok();
+    if host.is_none() && port.is_none() {
+        return None;
+    }
+    let host = host.unwrap_or_else(|| "127.0.0.1".into());
+    let port = port.unwrap_or_else(|| "8000".into());
+    Some(if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+#[cfg(test)]
+// figment's Jail takes closures returning its (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(args: ServeArgs) -> Config {
+        Config::load(&args).expect("config loads")
+    }
+
+    #[test]
+    fn defaults() {
+        Jail::expect_with(|_| {
+            let c = load(ServeArgs::default());
+            assert_eq!(c.listen, "127.0.0.1:8000");
+            assert_eq!(c.history_max_events, 10_000);
+            assert_eq!(c.history_max_age, Duration::from_secs(86_400));
+            assert_eq!(c.max_body, ByteSize::mib(1));
+            assert_eq!(c.cors_origin_list(), None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "history_max_events = 5\nretry_ms = 7\nkeepalive = \"3s\"\nmax_topics = 9",
+            )?;
+            jail.set_env("SLUICE_RETRY_MS", "8");
+            jail.set_env("SLUICE_HISTORY_MAX_EVENTS", "6");
+            let args = ServeArgs {
+                config: Some("s.toml".into()),
+                history_max_events: Some(4),
+                ..Default::default()
+            };
+            let c = load(args);
+            assert_eq!(c.history_max_events, 4, "flag wins");
+            assert_eq!(c.retry_ms, 8, "env beats file");
+            assert_eq!(c.keepalive, Duration::from_secs(3), "file beats default");
+            assert_eq!(c.max_topics, 9);
+            assert_eq!(c.subscriber_buffer, 1000, "default");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn host_port_and_log_level_are_honoured() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PORT", "9123");
+            jail.set_env("LOG_LEVEL", "debug");
+            let c = load(ServeArgs::default());
+            assert_eq!(c.listen, "127.0.0.1:9123");
+            assert_eq!(c.log_level, "debug");
+            jail.set_env("SLUICE_LISTEN", "0.0.0.0:1");
+            assert_eq!(load(ServeArgs::default()).listen, "0.0.0.0:1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_MAX_BODY", "64KiB");
+            let args = ServeArgs {
+                history_max_age: Some("90m".into()),
+                ..Default::default()
+            };
+            let c = load(args);
+            assert_eq!(c.max_body, ByteSize::kib(64));
+            assert_eq!(c.history_max_age, Duration::from_secs(5400));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_errors() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "histroy_max_events = 5")?;
+            let args = ServeArgs {
+                config: Some("bad.toml".into()),
+                ..Default::default()
+            };
+            assert!(Config::load(&args).is_err(), "typo in file");
+            let args = ServeArgs {
+                keepalive: Some("soon".into()),
+                ..Default::default()
+            };
+            assert!(Config::load(&args).is_err());
+            let args = ServeArgs {
+                subscriber_buffer: Some(0),
+                ..Default::default()
+            };
+            assert!(Config::load(&args).is_err());
+            let args = ServeArgs {
+                config: Some("missing.toml".into()),
+                ..Default::default()
+            };
+            assert!(Config::load(&args).is_err());
+            // Unrelated SLUICE_ variables are not settings and are ignored.
+            jail.set_env("SLUICE_SOMETHING_ELSE", "x");
+            assert!(Config::load(&ServeArgs::default()).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cors_list() {
+        let c = Config {
+            cors_origins: "https://a.example, https://b.example".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.cors_origin_list().unwrap(),
+            ["https://a.example", "https://b.example"]
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Wire framing shared by the transports: SSE frames (WHATWG EventSource
+//! format) and the NDJSON control lines. Pure functions, so they are unit and
+//! property tested without a server.
+
+use bytes::Bytes;
+use serde_json::{Value, json, value::RawValue};
+
+use crate::event::{EventId, format_time, now_ms};
+
+/// Control event types the hub itself emits. User events may not use the
+/// `sluice.` prefix, so a client can tell these apart.
+pub const GAP_TYPE: &str = "sluice.gap";
+pub const KEEPALIVE_TYPE: &str = "sluice.keepalive";
+
+/// The text an SSE `data:` field carries for this JSON data: a string's own
+/// text, anything else as compact JSON.
+pub fn data_text(data: &RawValue) -> String {
+    let raw = data.get();
+    if raw.starts_with('"')
+        && let Ok(text) = serde_json::from_str::<String>(raw)
+    {
+        return text;
+    }
+    raw.to_owned()
+}
+
+/// One SSE event: `id:` (when given), `event:` (when typed), one `data:`
+/// line per line of `data`, and the blank line that dispatches it.
+///
+/// EventSource treats CR, LF and CRLF alike as line ends, so `data` is split
+/// on all three; a lone CR in a string therefore arrives as LF. Every field
+/// has exactly one space after its colon, which the parser strips.
+pub fn sse_event(id: Option<EventId>, kind: Option<&str>, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + 48);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(&id.to_string());
+        out.push('\n');
+    }
+    if let Some(kind) = kind {
+        out.push_str("event: ");
+        out.push_str(kind);
+        out.push('\n');
+    }
+    for line in split_lines(data) {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// Splits on CRLF, CR and LF, keeping empty lines (including a last empty
+/// line after a trailing line end), as EventSource reassembles them.
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\r', '\n']) {
+            Some(at) => {
+                let skip = if current[at..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&current[at + skip..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+/// The `retry:` line sent once at the start of an SSE stream.
+pub fn sse_retry(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+/// An SSE comment, ignored by EventSource, that keeps proxies from timing
+/// the stream out.
+pub fn sse_keepalive() -> Bytes {
+    Bytes::from_static(b": keepalive\n\n")
+}
+
+/// The body of a `sluice.gap` control event.
+pub fn gap_payload(requested: &str, oldest: Option<EventId>) -> Value {
+    json!({ "requested": requested, "oldest": oldest.map(|id| id.to_string()) })
+}
+
+/// The `sluice.gap` SSE event: no `id:` line, so it does not move the
+/// client's `Last-Event-ID`.
+pub fn sse_gap(requested: &str, oldest: Option<EventId>) -> Bytes {
+    sse_event(
+        None,
+        Some(GAP_TYPE),
+        &gap_payload(requested, oldest).to_string(),
+    )
+}
+
+/// A control envelope (no id, no topic) as one NDJSON line.
+pub fn control_line(kind: &str, data: Option<Value>) -> Bytes {
+    let mut envelope = json!({ "type": kind, "time": format_time(now_ms().0) });
+    if let Some(data) = data {
+        envelope["data"] = data;
+    }
+    let mut line = envelope.to_string().into_bytes();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: &Bytes) -> &str {
+        std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn untyped_event_has_no_event_line() {
+        let f = sse_event(Some(EventId { ms: 1, seq: 0 }), None, "{\"a\":1}");
+        assert_eq!(text(&f), "id: 1-0\ndata: {\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn typed_multiline_event() {
+        let f = sse_event(Some(EventId { ms: 1, seq: 2 }), Some("log"), "a\nb\r\nc\rd");
+        assert_eq!(
+            text(&f),
+            "id: 1-2\nevent: log\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn empty_and_trailing_lines_are_kept() {
+        assert_eq!(text(&sse_event(None, None, "")), "data: \n\n");
+        assert_eq!(text(&sse_event(None, None, "x\n")), "data: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn string_data_is_sent_as_text() {
+        let raw = RawValue::from_string("\"hi\\nthere\"".into()).unwrap();
+        assert_eq!(data_text(&raw), "hi\nthere");
+        let raw = RawValue::from_string("[1,2]".into()).unwrap();
+        assert_eq!(data_text(&raw), "[1,2]");
+    }
+
+    #[test]
+    fn gap_event_has_no_id() {
+        let f = sse_gap("5-0", None);
+        assert_eq!(
+            text(&f),
+            "event: sluice.gap\ndata: {\"oldest\":null,\"requested\":\"5-0\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn control_line_is_one_json_line() {
+        let line = control_line(KEEPALIVE_TYPE, None);
+        let s = text(&line);
+        assert!(s.ends_with('\n') && s.matches('\n').count() == 1);
+        let v: Value = serde_json::from_str(s).unwrap();
+        assert_eq!(v["type"], KEEPALIVE_TYPE);
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,93 @@
+//! Admin endpoints: `/`, `/health`, `/clients`, `/topics`. Field names follow
+//! the hubs users migrate from, so their dashboards keep working.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::event::format_time;
+
+pub async fn index(State(state): State<AppState>) -> Json<Value> {
+    let hub = &state.hub;
+    Json(json!({
+        "status": "running",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": hub.uptime().as_secs(),
+        "started_at": format_time(hub.started_at()),
+        "clients": hub.client_count(),
+        "history_size": hub.log_stats().retained,
+        "storage": hub.storage(),
+        "endpoints": {
+            "publish": "POST /publish",
+            "publish_topic": "POST /topics/{topic}",
+            "stream": "GET /stream?topics={topics}",
+            "sse": "GET /sse/{topic}",
+            "ndjson": "GET /ndjson?topics={topics}",
+            "health": "GET /health",
+            "clients": "GET /clients",
+            "topics": "GET /topics",
+        },
+        "features": ["sse", "ndjson", "replay", "patterns", "batch-publish", "cors"],
+    }))
+}
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    let hub = &state.hub;
+    let (status, word) = if hub.is_healthy() {
+        (StatusCode::OK, "healthy")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    };
+    let body = json!({
+        "status": word,
+        "connected_clients": hub.client_count(),
+        "event_history_size": hub.log_stats().retained,
+        "storage": hub.storage(),
+        "slow_disconnects": hub.slow_disconnects(),
+    });
+    (status, Json(body)).into_response()
+}
+
+pub async fn clients(State(state): State<AppState>) -> Json<Value> {
+    let clients: Vec<Value> = state
+        .hub
+        .clients()
+        .into_iter()
+        .map(|c| {
+            let info = &c.info;
+            json!({
+                "client_id": info.client_id,
+                "client_name": info.client_name,
+                "tags": info.tags,
+                "topics": c.topics,
+                "transport": info.transport,
+                "remote_addr": info.remote_addr.map(|a| a.to_string()),
+                "connected_at": format_time(info.connected_at),
+                "events_received": info.events_received.load(std::sync::atomic::Ordering::Relaxed),
+                "queue_size": c.queue_size,
+                "last_event_id": *info.last_event_id.lock(),
+            })
+        })
+        .collect();
+    Json(json!({ "count": clients.len(), "clients": clients }))
+}
+
+pub async fn topics(State(state): State<AppState>) -> Json<Value> {
+    let topics: Vec<Value> = state
+        .hub
+        .topics()
+        .into_iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "last_id": t.last_id,
+                "retained": t.retained,
+                "subscribers": t.subscribers,
+            })
+        })
+        .collect();
+    Json(json!({ "topics": topics }))
+}

@@ -1,0 +1,110 @@
+//! Publishing over HTTP: `POST /publish` (one JSON event, or an NDJSON
+//! batch) and `POST /topics/{topic}` (a raw body for one topic).
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State, rejection::PathRejection};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+
+use super::AppState;
+use super::errors::ApiError;
+use crate::validate;
+
+/// The body formats `POST /publish` takes.
+enum BodyFormat {
+    Json,
+    Ndjson,
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    match media_type(headers).as_deref() {
+        Some("application/json") => Ok(BodyFormat::Json),
+        Some("application/x-ndjson" | "application/ndjson") => Ok(BodyFormat::Ndjson),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "POST /publish takes application/json or application/x-ndjson, not {}",
+                other.unwrap_or("a body without Content-Type")
+            ),
+        )),
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("could not read the body: {error}"),
+        )),
+    }
+}
+
+fn created(body: serde_json::Value) -> Response {
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = body_format(&headers)?;
+    let body = read_body(&headers, body, state.max_body()).await?;
+    match format {
+        BodyFormat::Json => {
+            let event = validate::json_event(&body)?;
+            let ids = state.hub.publish(vec![event]).await?;
+            Ok(created(json!({ "id": ids[0] })))
+        }
+        BodyFormat::Ndjson => {
+            let events = validate::ndjson_batch(&body)?;
+            let ids = state.hub.publish(events).await?;
+            Ok(created(json!({ "ids": ids })))
+        }
+    }
+}
+
+pub async fn publish_to_topic(
+    State(state): State<AppState>,
+    topic: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(topic) = topic.map_err(|e| ApiError::bad_request("invalid_topic", e.body_text()))?;
+    let kind = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "type")
+        .map(|(_, value)| value.into_owned());
+    let is_json = media_type(&headers).as_deref() == Some("application/json");
+    let body = read_body(&headers, body, state.max_body()).await?;
+    let event = validate::raw_event(topic, kind, &body, is_json)?;
+    let ids = state.hub.publish(vec![event]).await?;
+    Ok(created(json!({ "id": ids[0] })))
+}

@@ -1,0 +1,239 @@
+//! Opening a subscription over HTTP: `GET /stream`, `GET /sse/{topic}` and
+//! `GET /ndjson` share the parameters parsed here, then hand the
+//! subscription to the SSE or NDJSON writer.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State, rejection::PathRejection};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use bytes::Bytes;
+use chrono::Utc;
+use futures_util::stream::{self, StreamExt};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::errors::ApiError;
+use super::{AppState, ndjson, sse};
+use crate::hub::fanout::ClientInfo;
+use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
+use crate::server::ConnInfo;
+use crate::topic::TopicFilter;
+
+const MAX_CLIENT_NAME: usize = 256;
+const MAX_TAGS: usize = 32;
+
+/// The wire format of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Sse,
+    Ndjson,
+}
+
+/// What a subscriber asked for, from the query string and headers.
+struct Params {
+    topics: Vec<String>,
+    resume: Resume,
+    envelope: bool,
+    format: Option<Format>,
+    client_name: Option<String>,
+    tags: Vec<String>,
+}
+
+fn list(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
+fn resume_from(value: &str) -> Result<Resume, ApiError> {
+    Ok(match value.trim() {
+        "" => Resume::Live,
+        "earliest" => Resume::Earliest,
+        id => Resume::After(id.parse()?),
+    })
+}
+
+impl Params {
+    fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Params, ApiError> {
+        let mut params = Params {
+            topics: Vec::new(),
+            resume: Resume::Live,
+            envelope: false,
+            format: None,
+            client_name: None,
+            tags: Vec::new(),
+        };
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*key {
+                "topics" | "topic" => params.topics.extend(list(&value)),
+                "last_event_id" => params.resume = resume_from(&value)?,
+                "envelope" => {
+                    params.envelope = match &*value {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        other => {
+                            return Err(ApiError::bad_request(
+                                "invalid_parameter",
+                                format!("envelope must be true or false, not {other:?}"),
+                            ));
+                        }
+                    }
+                }
+                "format" => {
+                    params.format = Some(match &*value {
+                        "sse" => Format::Sse,
+                        "ndjson" => Format::Ndjson,
+                        other => {
+                            return Err(ApiError::bad_request(
+                                "invalid_parameter",
+                                format!("format must be sse or ndjson, not {other:?}"),
+                            ));
+                        }
+                    })
+                }
+                "client_name" => {
+                    if value.len() > MAX_CLIENT_NAME {
+                        return Err(ApiError::bad_request(
+                            "invalid_parameter",
+                            format!("client_name is longer than {MAX_CLIENT_NAME} bytes"),
+                        ));
+                    }
+                    params.client_name = Some(value.into_owned());
+                }
+                "tags" => params.tags.extend(list(&value)),
+                _ => {}
+            }
+        }
+        if params.tags.len() > MAX_TAGS {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("more than {MAX_TAGS} tags"),
+            ));
+        }
+        // The header is what EventSource sends on reconnect: it wins.
+        if let Some(header) = headers.get("last-event-id") {
+            let value = header.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not text")
+            })?;
+            if !value.trim().is_empty() {
+                params.resume = resume_from(value)?;
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// `Accept: application/x-ndjson` asks `/stream` for NDJSON.
+fn negotiated(headers: &HeaderMap) -> Format {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains("application/x-ndjson") || accept.contains("application/ndjson") {
+        Format::Ndjson
+    } else {
+        Format::Sse
+    }
+}
+
+fn open(
+    state: &AppState,
+    conn: Option<Extension<ConnInfo>>,
+    params: Params,
+    format: Format,
+) -> Result<Response, ApiError> {
+    let filter = TopicFilter::parse(
+        params.topics.iter().map(String::as_str),
+        state.config.max_topics,
+    )?;
+    let conn = conn.map(|Extension(c)| c);
+    let info = Arc::new(ClientInfo {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        client_name: params.client_name,
+        tags: params.tags,
+        transport: match format {
+            Format::Sse => "sse",
+            Format::Ndjson => "ndjson",
+        },
+        remote_addr: conn.as_ref().map(|c| c.remote),
+        connected_at: Utc::now(),
+        events_received: AtomicU64::new(0),
+        last_event_id: Mutex::new(None),
+    });
+    let subscription = state.hub.subscribe(SubscribeRequest {
+        filter,
+        resume: params.resume,
+        info,
+        on_cut_off: conn.map_or_else(CancellationToken::new, |c| c.close),
+    });
+    Ok(match format {
+        Format::Sse => sse::response(subscription, state.config.retry_ms, params.envelope),
+        Format::Ndjson => ndjson::response(subscription),
+    })
+}
+
+/// `GET /stream?topics=…`: SSE, or NDJSON by `Accept` or `format=ndjson`.
+pub async fn stream(
+    State(state): State<AppState>,
+    conn: Option<Extension<ConnInfo>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &headers)?;
+    let format = params.format.unwrap_or_else(|| negotiated(&headers));
+    open(&state, conn, params, format)
+}
+
+/// `GET /sse/{topic or pattern}`.
+pub async fn sse_path(
+    State(state): State<AppState>,
+    conn: Option<Extension<ConnInfo>>,
+    topic: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(topic) = topic.map_err(|e| ApiError::bad_request("invalid_topic", e.body_text()))?;
+    let mut params = Params::parse(query.as_deref(), &headers)?;
+    params.topics.insert(0, topic);
+    open(&state, conn, params, Format::Sse)
+}
+
+/// `GET /ndjson?topics=…`.
+pub async fn ndjson(
+    State(state): State<AppState>,
+    conn: Option<Extension<ConnInfo>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &headers)?;
+    open(&state, conn, params, Format::Ndjson)
+}
+
+/// A streaming body: an optional preamble, then each item of the
+/// subscription encoded by `encode`. A clean end (shutdown) finishes the
+/// response properly so the client reconnects; a cut-off aborts it.
+pub fn body<F>(subscription: Subscription, preamble: Option<Bytes>, encode: F) -> Body
+where
+    F: Fn(Item) -> Bytes + Copy + Send + Sync + 'static,
+{
+    let items = stream::unfold(Some(subscription), move |state| async move {
+        let mut subscription = state?;
+        match subscription.next().await {
+            Ok(item) => Some((Ok(encode(item)), Some(subscription))),
+            Err(End::Closed) => None,
+            Err(End::CutOff) => Some((
+                Err(std::io::Error::other(
+                    "subscriber fell behind and was cut off",
+                )),
+                None,
+            )),
+        }
+    });
+    Body::from_stream(stream::iter(preamble.map(Ok)).chain(items))
+}

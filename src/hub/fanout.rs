@@ -1,0 +1,229 @@
+//! Fan-out: who is subscribed to what, and handing each new event to the
+//! queue of every matching subscriber.
+//!
+//! Subscribers with only exact topics are indexed by topic, so an event costs
+//! one hash lookup plus its real recipients; subscribers with a wildcard are
+//! tested one by one. Each subscriber owns a bounded queue of `Arc<Event>`:
+//! the event (and its encodings) exists once, whatever the number of
+//! subscribers. A subscriber whose queue is full is too slow: it is removed
+//! and its connection is closed, so it can never hold memory or the
+//! publisher back. It reconnects with `Last-Event-ID` and loses nothing
+//! that is still in history.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Event, EventId};
+use crate::topic::TopicFilter;
+
+/// Who a subscriber is, for `/clients`, and what it has received.
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub client_name: Option<String>,
+    pub tags: Vec<String>,
+    pub transport: &'static str,
+    pub remote_addr: Option<SocketAddr>,
+    pub connected_at: DateTime<Utc>,
+    pub events_received: AtomicU64,
+    pub last_event_id: Mutex<Option<EventId>>,
+}
+
+/// A subscriber as `/clients` shows it.
+pub struct ClientSnapshot {
+    pub info: Arc<ClientInfo>,
+    pub topics: Vec<String>,
+    pub queue_size: usize,
+}
+
+struct Subscriber {
+    queue: mpsc::Sender<Arc<Event>>,
+    filter: Arc<TopicFilter>,
+    info: Arc<ClientInfo>,
+    /// Cancelled to close the subscriber's connection when it is cut off.
+    on_cut_off: CancellationToken,
+}
+
+struct Registry {
+    next_id: u64,
+    subscribers: HashMap<u64, Subscriber>,
+    by_topic: HashMap<Box<str>, Vec<u64>>,
+    wildcard: Vec<u64>,
+    /// The last event handed to subscribers: a new subscriber gets every
+    /// later event live and replays up to this one from the log.
+    head: EventId,
+}
+
+/// The live subscriber registry.
+pub struct Fanout {
+    registry: Mutex<Registry>,
+    slow_disconnects: AtomicU64,
+}
+
+/// What `register` hands back to a new subscriber.
+pub struct Registration {
+    pub id: u64,
+    pub queue: mpsc::Receiver<Arc<Event>>,
+    /// Events up to this id are not delivered live: replay them from the log.
+    pub head: EventId,
+}
+
+impl Fanout {
+    /// A registry whose first live event comes after `head` (the log's head).
+    pub fn new(head: EventId) -> Self {
+        Fanout {
+            registry: Mutex::new(Registry {
+                next_id: 0,
+                subscribers: HashMap::new(),
+                by_topic: HashMap::new(),
+                wildcard: Vec::new(),
+                head,
+            }),
+            slow_disconnects: AtomicU64::new(0),
+        }
+    }
+
+    pub fn register(
+        &self,
+        filter: Arc<TopicFilter>,
+        info: Arc<ClientInfo>,
+        buffer: usize,
+        on_cut_off: CancellationToken,
+    ) -> Registration {
+        let (tx, rx) = mpsc::channel(buffer);
+        let mut reg = self.registry.lock();
+        let id = reg.next_id;
+        reg.next_id += 1;
+        match filter.exact_topics() {
+            Some(topics) => {
+                for topic in topics {
+                    reg.by_topic.entry(topic.into()).or_default().push(id);
+                }
+            }
+            None => reg.wildcard.push(id),
+        }
+        reg.subscribers.insert(
+            id,
+            Subscriber {
+                queue: tx,
+                filter,
+                info,
+                on_cut_off,
+            },
+        );
+        Registration {
+            id,
+            queue: rx,
+            head: reg.head,
+        }
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.registry.lock().remove(id);
+    }
+
+    /// Hands events, in id order, to every matching subscriber's queue.
+    /// Never waits: a full queue cuts its subscriber off.
+    pub fn dispatch(&self, events: &[Arc<Event>]) {
+        let mut reg = self.registry.lock();
+        let mut cut_off = Vec::new();
+        for event in events {
+            let exact = reg.by_topic.get(&*event.topic).map(Vec::as_slice);
+            let wildcard = reg
+                .wildcard
+                .iter()
+                .filter(|id| reg.subscribers[*id].filter.matches(&event.topic));
+            for id in exact.unwrap_or_default().iter().chain(wildcard) {
+                match reg.subscribers[id].queue.try_send(event.clone()) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => cut_off.push(*id),
+                    // The subscription is being dropped; it unregisters itself.
+                    Err(TrySendError::Closed(_)) => {}
+                }
+            }
+            reg.head = event.id;
+            // Remove at once, so a cut-off subscriber gets no later event.
+            for id in cut_off.drain(..) {
+                if let Some(sub) = reg.remove(id) {
+                    self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        client_id = %sub.info.client_id,
+                        remote = ?sub.info.remote_addr,
+                        "subscriber fell behind its buffer and was disconnected"
+                    );
+                    sub.on_cut_off.cancel();
+                }
+            }
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.registry.lock().subscribers.len()
+    }
+
+    /// Subscribers cut off as too slow since start.
+    pub fn slow_disconnects(&self) -> u64 {
+        self.slow_disconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn clients(&self) -> Vec<ClientSnapshot> {
+        let reg = self.registry.lock();
+        reg.subscribers
+            .values()
+            .map(|s| ClientSnapshot {
+                info: s.info.clone(),
+                topics: s.filter.listed().map(String::from).collect(),
+                queue_size: s.queue.max_capacity() - s.queue.capacity(),
+            })
+            .collect()
+    }
+
+    /// For each given topic, the number of subscribers it reaches; also
+    /// lists topics subscribed to by name that have no events yet.
+    pub fn subscriber_counts<'a>(
+        &self,
+        topics: impl Iterator<Item = &'a str>,
+    ) -> Vec<(String, usize)> {
+        let reg = self.registry.lock();
+        let count = |topic: &str| {
+            reg.subscribers
+                .values()
+                .filter(|s| s.filter.matches(topic))
+                .count()
+        };
+        let mut counts: HashMap<String, usize> = topics.map(|t| (t.to_owned(), count(t))).collect();
+        for topic in reg.by_topic.keys() {
+            if !counts.contains_key(&**topic) {
+                counts.insert(topic.to_string(), count(topic));
+            }
+        }
+        counts.into_iter().collect()
+    }
+}
+
+impl Registry {
+    fn remove(&mut self, id: u64) -> Option<Subscriber> {
+        let sub = self.subscribers.remove(&id)?;
+        match sub.filter.exact_topics() {
+            Some(topics) => {
+                for topic in topics {
+                    if let Some(ids) = self.by_topic.get_mut(topic) {
+                        ids.retain(|&other| other != id);
+                        if ids.is_empty() {
+                            self.by_topic.remove(topic);
+                        }
+                    }
+                }
+            }
+            None => self.wildcard.retain(|&other| other != id),
+        }
+        Some(sub)
+    }
+}

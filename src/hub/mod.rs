@@ -1,0 +1,159 @@
+//! The hub: the log, the single writer and the fan-out, wired together.
+//!
+//! ```text
+//! publish ─▶ Writer ─▶ EventLog::append ─▶ Fanout::dispatch ─▶ subscriber queues
+//!                        (assigns ids)        (in id order)        │
+//! subscribe ─▶ Fanout::register ─▶ replay from the log ─▶ then the queue ─▶ transport
+//! ```
+//! Transports only see [`Hub::publish`] and [`Hub::subscribe`].
+
+pub mod fanout;
+pub mod subscription;
+mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::{EventId, NewEvent};
+use crate::log::memory::{MemoryLog, Retention};
+use crate::log::{EventLog, LogError, LogStats, TopicStats};
+use fanout::{ClientSnapshot, Fanout};
+use subscription::{SubscribeRequest, Subscription};
+use writer::Writer;
+
+/// How often age-based retention runs when nothing is published.
+const RETENTION_TICK: Duration = Duration::from_secs(1);
+
+pub struct Hub {
+    log: Arc<dyn EventLog>,
+    fanout: Arc<Fanout>,
+    writer: Writer,
+    storage: &'static str,
+    subscriber_buffer: usize,
+    keepalive: Duration,
+    shutdown: CancellationToken,
+    started: Instant,
+    started_at: DateTime<Utc>,
+}
+
+/// A topic as `/topics` shows it.
+pub struct TopicView {
+    pub name: String,
+    pub last_id: Option<EventId>,
+    pub retained: usize,
+    pub subscribers: usize,
+}
+
+impl Hub {
+    /// Builds the hub from its configuration and starts its background tasks;
+    /// they stop when `shutdown` is cancelled and the hub is dropped.
+    pub fn start(config: &Config, shutdown: CancellationToken) -> (Arc<Hub>, JoinHandle<()>) {
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(Retention {
+            max_events: config.history_max_events,
+            max_age: config.history_max_age,
+        }));
+        let fanout = Arc::new(Fanout::new(log.stats().head));
+        let (writer, writer_task) = Writer::spawn(log.clone(), fanout.clone());
+        let hub = Arc::new(Hub {
+            log: log.clone(),
+            fanout,
+            writer,
+            storage: config.storage.name(),
+            subscriber_buffer: config.subscriber_buffer,
+            keepalive: config.keepalive,
+            shutdown: shutdown.clone(),
+            started: Instant::now(),
+            started_at: Utc::now(),
+        });
+        let retention = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_TICK);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => log.enforce_retention().await,
+                }
+            }
+        });
+        let tasks = tokio::spawn(async move {
+            let _ = retention.await;
+            let _ = writer_task.await;
+        });
+        (hub, tasks)
+    }
+
+    /// Stores a batch (all or nothing) and returns its ids once it is in
+    /// history and ordered for fan-out.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, LogError> {
+        self.writer.publish(events).await
+    }
+
+    pub fn subscribe(&self, request: SubscribeRequest) -> Subscription {
+        Subscription::open(
+            request,
+            self.log.clone(),
+            self.fanout.clone(),
+            self.subscriber_buffer,
+            self.keepalive,
+            self.shutdown.clone(),
+        )
+    }
+
+    pub fn storage(&self) -> &'static str {
+        self.storage
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.log.is_healthy() && !self.shutdown.is_cancelled()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    pub fn log_stats(&self) -> LogStats {
+        self.log.stats()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.fanout.subscriber_count()
+    }
+
+    pub fn slow_disconnects(&self) -> u64 {
+        self.fanout.slow_disconnects()
+    }
+
+    pub fn clients(&self) -> Vec<ClientSnapshot> {
+        self.fanout.clients()
+    }
+
+    /// Topics with retained events or exact subscribers, with counts.
+    pub fn topics(&self) -> Vec<TopicView> {
+        let stored: Vec<TopicStats> = self.log.topics();
+        let counts = self
+            .fanout
+            .subscriber_counts(stored.iter().map(|t| &*t.name));
+        let mut views: Vec<TopicView> = counts
+            .into_iter()
+            .map(|(name, subscribers)| {
+                let stats = stored.iter().find(|t| *t.name == name);
+                TopicView {
+                    last_id: stats.map(|t| t.last_id),
+                    retained: stats.map_or(0, |t| t.retained),
+                    name,
+                    subscribers,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+}

@@ -1,0 +1,16 @@
+//! Sluice, a real-time event streaming hub.
+//!
+//! The path of one event, one module per stage:
+//! `http::publish` → `validate` → `hub` (single writer) → `log` (assigns the
+//! id) → `hub::fanout` (encode once, per-subscriber bounded queues) →
+//! `http::sse` | `http::ndjson` (transport writers).
+
+pub mod config;
+pub mod event;
+pub mod frame;
+pub mod http;
+pub mod hub;
+pub mod log;
+pub mod server;
+pub mod topic;
+pub mod validate;
