@@ -1,0 +1,205 @@
+//! Black-box test harness: starts the real `sluice` binary on an ephemeral
+//! port and talks to it over real sockets, as users do.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_stream::{Event as SseEvent, Eventsource};
+use futures_util::{Stream, StreamExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running hub, killed when dropped.
+pub struct Hub {
+    pub url: String,
+    pub child: Child,
+    /// Lines the hub logged (stderr), for assertions on its log.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Hub {
+    /// Starts `sluice serve` with `args` on an ephemeral port.
+    pub async fn start(args: &[&str]) -> Hub {
+        Self::start_with(args, &[], None).await
+    }
+
+    /// Starts `sluice serve` with extra environment variables and an
+    /// optional working directory.
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)], dir: Option<&Path>) -> Hub {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.arg("serve");
+        if !args.iter().any(|a| a.starts_with("--listen")) {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        command.args(args);
+        for var in ["HOST", "PORT", "LOG_LEVEL"] {
+            command.env_remove(var);
+        }
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SLUICE_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(env.iter().copied());
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sluice starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = stdout.next_line().await.unwrap() {
+                if let Some(at) = line.find("listening on ") {
+                    return line[at + "listening on ".len()..].trim().to_string();
+                }
+            }
+            panic!(
+                "sluice exited before listening; log: {:?}",
+                log.lock().unwrap()
+            );
+        })
+        .await
+        .expect("sluice prints its URL");
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        Hub { url, child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("hub is running")
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// Publishes one JSON event and returns its id.
+    pub async fn publish(&self, topic: &str, data: Value) -> String {
+        let response = client()
+            .post(self.at("/publish"))
+            .json(&json!({ "topic": topic, "data": data }))
+            .send()
+            .await
+            .expect("publish request");
+        assert_eq!(response.status(), 201, "publish to {topic}");
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = client().get(self.at(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal delivered");
+    }
+
+    /// Resident memory of the hub process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc")
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A client without an overall timeout, for long-lived streams.
+pub fn stream_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+pub type SseStream = std::pin::Pin<Box<dyn Stream<Item = SseEvent> + Send>>;
+
+/// Opens an SSE stream (parsed by an EventSource-conformant parser).
+pub async fn sse(url: &str, last_event_id: Option<&str>) -> SseStream {
+    let mut request = stream_client().get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    let response = request.send().await.expect("stream request");
+    assert_eq!(response.status(), 200, "stream {url}");
+    Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|e| e.expect("well-formed SSE")),
+    )
+}
+
+/// The next SSE event, waiting at most `within`.
+pub async fn next_event(stream: &mut SseStream, within: Duration) -> SseEvent {
+    tokio::time::timeout(within, stream.next())
+        .await
+        .expect("an event in time")
+        .expect("stream still open")
+}
+
+/// Opens an NDJSON stream and returns it as a stream of JSON lines.
+pub async fn ndjson(url: &str) -> std::pin::Pin<Box<dyn Stream<Item = Value> + Send>> {
+    let response = stream_client()
+        .get(url)
+        .send()
+        .await
+        .expect("ndjson request");
+    assert_eq!(response.status(), 200, "stream {url}");
+    let mut bytes = response.bytes_stream();
+    let mut buffer = Vec::new();
+    Box::pin(async_stream(move |tx| async move {
+        while let Some(chunk) = bytes.next().await {
+            let Ok(chunk) = chunk else { return };
+            buffer.extend_from_slice(&chunk);
+            while let Some(at) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=at).collect();
+                let value: Value = serde_json::from_slice(&line).expect("every line is JSON");
+                if tx.send(value).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// A stream fed by a task, without pulling in a macro crate.
+fn async_stream<T, F, Fut>(body: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(body(tx));
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
