@@ -1,0 +1,217 @@
+//! Slow subscribers hurt nobody: a subscriber that never reads is cut off
+//! (its connection really closed) while 100 readers get every event, and
+//! the hub's memory stays bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Hub, client, stream_client};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// Events are published in batches of this many, one batch per tick.
+const BATCH: usize = 50;
+/// The bound these tests state for the hub's resident memory at the end.
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+/// One run: `readers` subscribers that read, one that never does.
+struct Scenario {
+    readers: usize,
+    events: usize,
+    payload: usize,
+    /// Time between batches: slow enough for the readers in this one test
+    /// process to keep up.
+    tick: Duration,
+    hub_args: &'static [&'static str],
+}
+
+/// Reads an SSE stream as raw bytes and collects the `id:` of every event
+/// until `last` arrives.
+async fn read_ids_until(
+    url: String,
+    last_id: tokio::sync::watch::Receiver<Option<String>>,
+) -> Vec<String> {
+    let response = stream_client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut ids = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .expect("reader got data in time")
+            .expect("reader's stream stayed open")
+            .expect("reader's stream had no error");
+        buffer.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = find(&buffer[start..], b"\n\n") {
+            let frame = &buffer[start..start + end];
+            if let Some(rest) = frame.strip_prefix(b"id: ") {
+                let id_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+                ids.push(String::from_utf8(rest[..id_end].to_vec()).unwrap());
+            }
+            start += end + 2;
+        }
+        buffer.drain(..start);
+        let last = last_id.borrow().clone();
+        if last.is_some() && ids.last() == last.as_ref() {
+            return ids;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// 3,000 events of ~1 KiB (3 MiB) is far more than the stalled socket can
+/// absorb with a 64 KiB send buffer and a 1,000-event queue; at 500
+/// events/s the readers have two seconds of slack in their queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_cut_off_while_100_readers_get_every_event() {
+    run(Scenario {
+        readers: 100,
+        events: 3000,
+        payload: 1000,
+        tick: Duration::from_millis(100),
+        hub_args: &["--history-max-events", "5000", "--socket-send-buffer", "64KiB"],
+    })
+    .await;
+}
+
+/// With the kernel's own socket buffers (which grow to megabytes on
+/// loopback) the stalled reader hides longer: 12 MB of events fill them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_cut_off_with_default_socket_buffers() {
+    run(Scenario {
+        readers: 5,
+        events: 3000,
+        payload: 4000,
+        tick: Duration::from_millis(50),
+        hub_args: &["--history-max-events", "3000"],
+    })
+    .await;
+}
+
+async fn run(scenario: Scenario) {
+    let Scenario {
+        readers: reader_count,
+        events,
+        payload,
+        tick,
+        hub_args,
+    } = scenario;
+    let hub = Hub::start(hub_args).await;
+    let stream_url = hub.at("/stream?topics=load");
+
+    // The stalled subscriber: sends its request, then never reads.
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "GET /stream?topics=load&client_name=stalled HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+
+    let (last_tx, last_rx) = tokio::sync::watch::channel(None);
+    let readers: Vec<_> = (0..reader_count)
+        .map(|_| tokio::spawn(read_ids_until(stream_url.clone(), last_rx.clone())))
+        .collect();
+    // Wait until every subscriber (the readers and the stalled one) is in.
+    wait_for(|| async { hub.get_json("/health").await.1["connected_clients"] == reader_count + 1 })
+        .await;
+    let rss_before = hub.rss_kib();
+
+    let filler = "x".repeat(payload);
+    let mut published = Vec::with_capacity(events);
+    let started = Instant::now();
+    let mut pace = tokio::time::interval(tick);
+    for batch in 0..events / BATCH {
+        pace.tick().await;
+        let body: String = (0..BATCH)
+            .map(|i| {
+                format!(
+                    "{{\"topic\":\"load\",\"data\":\"{}-{filler}\"}}\n",
+                    batch * BATCH + i
+                )
+            })
+            .collect();
+        let response = client()
+            .post(hub.at("/publish"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let ids: Value = response.json().await.unwrap();
+        published.extend(
+            ids["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string()),
+        );
+    }
+    let publish_time = started.elapsed();
+    last_tx.send(published.last().cloned()).unwrap();
+
+    for reader in readers {
+        let ids = reader.await.unwrap();
+        assert_eq!(ids.len(), published.len(), "a reader missed events");
+        assert_eq!(ids, published, "a reader got events out of order");
+    }
+
+    let (_, health) = hub.get_json("/health").await;
+    assert_eq!(
+        health["slow_disconnects"], 1,
+        "exactly the stalled subscriber was cut off"
+    );
+    let (_, clients) = hub.get_json("/clients").await;
+    assert!(
+        clients["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["client_name"] != "stalled"),
+        "the stalled subscriber is gone from /clients"
+    );
+
+    // Its connection was really closed: draining it reaches the end.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    match stalled.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the stalled connection was not closed: {e}"),
+    }
+    assert!(
+        sink.len() < events * payload,
+        "it was cut off before getting everything"
+    );
+
+    let rss_after = hub.rss_kib();
+    assert!(
+        rss_after < RSS_LIMIT_KIB,
+        "hub RSS {rss_after} KiB exceeds the bound of {RSS_LIMIT_KIB} KiB (before publishing: {rss_before} KiB)"
+    );
+    eprintln!(
+        "published {events} events in {publish_time:?}; hub RSS {rss_before} KiB -> {rss_after} KiB"
+    );
+}
+
+async fn wait_for<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
