@@ -186,25 +186,28 @@ impl Fanout {
     }
 
     /// For each given topic, the number of subscribers it reaches; also
-    /// lists topics subscribed to by name that have no events yet.
+    /// lists topics subscribed to by name that have no events yet. The
+    /// counting happens outside the lock, so it never delays dispatch.
     pub fn subscriber_counts<'a>(
         &self,
         topics: impl Iterator<Item = &'a str>,
     ) -> Vec<(String, usize)> {
-        let reg = self.registry.lock();
-        let count = |topic: &str| {
-            reg.subscribers
-                .values()
-                .filter(|s| s.filter.matches(topic))
-                .count()
+        let (filters, named): (Vec<Arc<TopicFilter>>, Vec<String>) = {
+            let reg = self.registry.lock();
+            (
+                reg.subscribers.values().map(|s| s.filter.clone()).collect(),
+                reg.by_topic.keys().map(|t| t.to_string()).collect(),
+            )
         };
-        let mut counts: HashMap<String, usize> = topics.map(|t| (t.to_owned(), count(t))).collect();
-        for topic in reg.by_topic.keys() {
-            if !counts.contains_key(&**topic) {
-                counts.insert(topic.to_string(), count(topic));
-            }
-        }
-        counts.into_iter().collect()
+        let mut all: Vec<String> = topics.map(String::from).chain(named).collect();
+        all.sort();
+        all.dedup();
+        all.into_iter()
+            .map(|topic| {
+                let count = filters.iter().filter(|f| f.matches(&topic)).count();
+                (topic, count)
+            })
+            .collect()
     }
 }
 

@@ -11,6 +11,7 @@ pub mod fanout;
 pub mod subscription;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,14 +138,17 @@ impl Hub {
 
     /// Topics with retained events or exact subscribers, with counts.
     pub fn topics(&self) -> Vec<TopicView> {
-        let stored: Vec<TopicStats> = self.log.topics();
-        let counts = self
-            .fanout
-            .subscriber_counts(stored.iter().map(|t| &*t.name));
+        let stored: HashMap<Box<str>, TopicStats> = self
+            .log
+            .topics()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        let counts = self.fanout.subscriber_counts(stored.keys().map(|k| &**k));
         let mut views: Vec<TopicView> = counts
             .into_iter()
             .map(|(name, subscribers)| {
-                let stats = stored.iter().find(|t| *t.name == name);
+                let stats = stored.get(name.as_str());
                 TopicView {
                     last_id: stats.map(|t| t.last_id),
                     retained: stats.map_or(0, |t| t.retained),
