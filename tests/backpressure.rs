@@ -76,7 +76,12 @@ async fn a_stalled_subscriber_is_cut_off_while_100_readers_get_every_event() {
         events: 3000,
         payload: 1000,
         tick: Duration::from_millis(100),
-        hub_args: &["--history-max-events", "5000", "--socket-send-buffer", "64KiB"],
+        hub_args: &[
+            "--history-max-events",
+            "5000",
+            "--socket-send-buffer",
+            "64KiB",
+        ],
     })
     .await;
 }
@@ -138,22 +143,7 @@ async fn run(scenario: Scenario) {
                 )
             })
             .collect();
-        let response = client()
-            .post(hub.at("/publish"))
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        let ids: Value = response.json().await.unwrap();
-        published.extend(
-            ids["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i.as_str().unwrap().to_string()),
-        );
+        published.extend(hub.publish_batch(body).await);
     }
     let publish_time = started.elapsed();
     last_tx.send(published.last().cloned()).unwrap();

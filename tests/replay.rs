@@ -144,29 +144,14 @@ async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing
     let publisher = {
         let (hub, published, stop) = (hub.clone(), published.clone(), stop.clone());
         tokio::spawn(async move {
-            let client = client();
             let mut n = 0u64;
             while !stop.is_cancelled() {
                 // Alternate single events and small batches.
-                let ids: Vec<String> = if n % 3 == 0 {
+                let ids: Vec<String> = if n.is_multiple_of(3) {
                     let body: String = (0..5)
                         .map(|i| format!("{{\"topic\":\"seam\",\"data\":{}}}\n", n * 10 + i))
                         .collect();
-                    let r = client
-                        .post(hub.at("/publish"))
-                        .header("content-type", "application/x-ndjson")
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(r.status(), 201);
-                    let v: Value = r.json().await.unwrap();
-                    v["ids"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|i| i.as_str().unwrap().to_string())
-                        .collect()
+                    hub.publish_batch(body).await
                 } else {
                     vec![hub.publish("seam", json!(n)).await]
                 };

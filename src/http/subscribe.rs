@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State, rejection::PathRejection};
-use axum::http::{HeaderMap, header};
+use axum::extract::{FromRequestParts, Path, State, rejection::PathRejection};
+use axum::http::{HeaderMap, header, request::Parts};
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::Utc;
@@ -142,17 +141,32 @@ fn negotiated(headers: &HeaderMap) -> Format {
     }
 }
 
-fn open(
-    state: &AppState,
-    conn: Option<Extension<ConnInfo>>,
+/// What every subscribe endpoint reads from the request: the parameters,
+/// the connection it came on, and the format `Accept` asks for.
+pub struct SubscribeParts {
     params: Params,
-    format: Format,
-) -> Result<Response, ApiError> {
+    conn: Option<ConnInfo>,
+    accepted: Format,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SubscribeParts {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(SubscribeParts {
+            params: Params::parse(parts.uri.query(), &parts.headers)?,
+            conn: parts.extensions.get::<ConnInfo>().cloned(),
+            accepted: negotiated(&parts.headers),
+        })
+    }
+}
+
+fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Response, ApiError> {
+    let SubscribeParts { params, conn, .. } = request;
     let filter = TopicFilter::parse(
         params.topics.iter().map(String::as_str),
         state.config.max_topics,
     )?;
-    let conn = conn.map(|Extension(c)| c);
     let info = Arc::new(ClientInfo {
         client_id: uuid::Uuid::new_v4().to_string(),
         client_name: params.client_name,
@@ -181,38 +195,29 @@ fn open(
 /// `GET /stream?topics=…`: SSE, or NDJSON by `Accept` or `format=ndjson`.
 pub async fn stream(
     State(state): State<AppState>,
-    conn: Option<Extension<ConnInfo>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: SubscribeParts,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query.as_deref(), &headers)?;
-    let format = params.format.unwrap_or_else(|| negotiated(&headers));
-    open(&state, conn, params, format)
+    let format = request.params.format.unwrap_or(request.accepted);
+    open(&state, request, format)
 }
 
 /// `GET /sse/{topic or pattern}`.
 pub async fn sse_path(
     State(state): State<AppState>,
-    conn: Option<Extension<ConnInfo>>,
     topic: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    mut request: SubscribeParts,
 ) -> Result<Response, ApiError> {
     let Path(topic) = topic.map_err(|e| ApiError::bad_request("invalid_topic", e.body_text()))?;
-    let mut params = Params::parse(query.as_deref(), &headers)?;
-    params.topics.insert(0, topic);
-    open(&state, conn, params, Format::Sse)
+    request.params.topics.insert(0, topic);
+    open(&state, request, Format::Sse)
 }
 
 /// `GET /ndjson?topics=…`.
 pub async fn ndjson(
     State(state): State<AppState>,
-    conn: Option<Extension<ConnInfo>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: SubscribeParts,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query.as_deref(), &headers)?;
-    open(&state, conn, params, Format::Ndjson)
+    open(&state, request, Format::Ndjson)
 }
 
 /// A streaming body: an optional preamble, then each item of the

@@ -105,6 +105,25 @@ impl Hub {
         body["id"].as_str().unwrap().to_string()
     }
 
+    /// Publishes an NDJSON batch and returns its ids.
+    pub async fn publish_batch(&self, ndjson: String) -> Vec<String> {
+        let response = client()
+            .post(self.at("/publish"))
+            .header("content-type", "application/x-ndjson")
+            .body(ndjson)
+            .send()
+            .await
+            .expect("publish request");
+        assert_eq!(response.status(), 201, "batch publish");
+        let body: Value = response.json().await.unwrap();
+        body["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|id| id.as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = client().get(self.at(path)).send().await.unwrap();
         let status = response.status().as_u16();
