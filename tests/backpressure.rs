@@ -7,9 +7,8 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Hub, client, stream_client};
+use common::{Hub, stream_client};
 use futures_util::StreamExt;
-use serde_json::Value;
 
 /// Events are published in batches of this many, one batch per tick.
 const BATCH: usize = 50;
