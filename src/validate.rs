@@ -112,8 +112,10 @@ pub fn raw_event(
     new_event(topic, kind, &data)
 }
 
-/// The data as compact JSON. Most publishers already send it compact, so
-/// the common case is a plain copy; whitespace anywhere means a re-encode.
+/// The data as compact JSON: whitespace between tokens removed, everything
+/// else byte for byte as sent. Values are never re-encoded, so numbers keep
+/// their precision, keys their order and strings their escapes. Most
+/// publishers send compact JSON already, which makes this a plain copy.
 fn compact(data: &RawValue) -> Box<RawValue> {
     let raw = data.get();
     if !raw
@@ -122,8 +124,24 @@ fn compact(data: &RawValue) -> Box<RawValue> {
     {
         return data.to_owned();
     }
-    let value: serde_json::Value = serde_json::from_str(raw).expect("RawValue holds valid JSON");
-    serde_json::value::to_raw_value(&value).expect("a Value always serializes")
+    let mut out = String::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in raw.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if matches!(c, ' ' | '\n' | '\r' | '\t') {
+            continue;
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    RawValue::from_string(out).expect("removing insignificant whitespace keeps JSON valid")
 }
 
 #[cfg(test)]
@@ -136,6 +154,16 @@ mod tests {
         assert_eq!(ev.topic, "a/b");
         assert_eq!(ev.kind.as_deref(), Some("t"));
         assert_eq!(ev.data.get(), r#"{"x":[1,2]}"#);
+    }
+
+    #[test]
+    fn compacting_never_changes_values() {
+        let sent = "{ \"s\" : \"\\u00e9 \\\" x\", \"b\":\t[3.693401108359127e+280,\n 18446744073709551616 ] }";
+        let ev = json_event(format!("{{\"topic\":\"a\",\"data\":{sent}}}").as_bytes()).unwrap();
+        assert_eq!(
+            ev.data.get(),
+            "{\"s\":\"\\u00e9 \\\" x\",\"b\":[3.693401108359127e+280,18446744073709551616]}"
+        );
     }
 
     #[test]
