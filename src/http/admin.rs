@@ -3,16 +3,22 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
 use crate::event::format_time;
 
-pub async fn index(State(state): State<AppState>) -> Json<Value> {
+/// The hub's description, as JSON; a browser (`Accept: text/html`) is sent
+/// to the demo page instead.
+pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let vary = [(header::VARY, "accept")];
+    if wants_html(&headers) {
+        return (vary, Redirect::to("/demo")).into_response();
+    }
     let hub = &state.hub;
-    Json(json!({
+    let body = Json(json!({
         "status": "running",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": hub.uptime().as_secs(),
@@ -29,9 +35,19 @@ pub async fn index(State(state): State<AppState>) -> Json<Value> {
             "health": "GET /health",
             "clients": "GET /clients",
             "topics": "GET /topics",
+            "demo": "GET /demo",
         },
         "features": ["sse", "ndjson", "replay", "patterns", "batch-publish", "cors"],
-    }))
+    }));
+    (vary, body).into_response()
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| accept.contains("text/html"))
 }
 
 pub async fn health(State(state): State<AppState>) -> Response {

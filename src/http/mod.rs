@@ -1,6 +1,7 @@
 //! The HTTP API: one axum router, one file per concern.
 
 mod admin;
+mod demo;
 pub mod errors;
 mod ndjson;
 mod publish;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stream", get(subscribe::stream))
         .route("/sse/{*topic}", get(subscribe::sse_path))
         .route("/ndjson", get(subscribe::ndjson))
+        .merge(demo::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(cors)
