@@ -101,14 +101,19 @@ pub fn sse_gap(requested: &str, oldest: Option<EventId>) -> Bytes {
     )
 }
 
-/// A control envelope (no id, no topic) as one NDJSON line.
-pub fn control_line(kind: &str, data: Option<Value>) -> Bytes {
+/// A control envelope (no id, no topic) as JSON text: a WebSocket frame.
+pub fn control_json(kind: &str, data: Option<Value>) -> String {
     let mut envelope = json!({ "type": kind, "time": format_time(now_ms().0) });
     if let Some(data) = data {
         envelope["data"] = data;
     }
-    let mut line = envelope.to_string().into_bytes();
-    line.push(b'\n');
+    envelope.to_string()
+}
+
+/// A control envelope as one NDJSON line.
+pub fn control_line(kind: &str, data: Option<Value>) -> Bytes {
+    let mut line = control_json(kind, data);
+    line.push('\n');
     Bytes::from(line)
 }
 

@@ -7,6 +7,7 @@ mod ndjson;
 mod publish;
 mod sse;
 mod subscribe;
+mod ws;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stream", get(subscribe::stream))
         .route("/sse/{*topic}", get(subscribe::sse_path))
         .route("/ndjson", get(subscribe::ndjson))
+        .route("/ws", get(ws::upgrade))
         .merge(demo::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)

@@ -33,9 +33,9 @@ enum Format {
 }
 
 /// What a subscriber asked for, from the query string and headers.
-struct Params {
-    topics: Vec<String>,
-    resume: Resume,
+pub(super) struct Params {
+    pub(super) topics: Vec<String>,
+    pub(super) resume: Resume,
     envelope: bool,
     format: Option<Format>,
     client_name: Option<String>,
@@ -50,7 +50,7 @@ fn list(value: &str) -> impl Iterator<Item = String> + '_ {
         .map(String::from)
 }
 
-fn resume_from(value: &str) -> Result<Resume, ApiError> {
+pub(super) fn resume_from(value: &str) -> Result<Resume, ApiError> {
     Ok(match value.trim() {
         "" => Resume::Live,
         "earliest" => Resume::Earliest,
@@ -144,8 +144,8 @@ fn negotiated(headers: &HeaderMap) -> Format {
 /// What every subscribe endpoint reads from the request: the parameters,
 /// the connection it came on, and the format `Accept` asks for.
 pub struct SubscribeParts {
-    params: Params,
-    conn: Option<ConnInfo>,
+    pub(super) params: Params,
+    pub(super) conn: Option<ConnInfo>,
     accepted: Format,
 }
 
@@ -167,19 +167,11 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
         params.topics.iter().map(String::as_str),
         state.config.max_topics,
     )?;
-    let info = Arc::new(ClientInfo {
-        client_id: uuid::Uuid::new_v4().to_string(),
-        client_name: params.client_name,
-        tags: params.tags,
-        transport: match format {
-            Format::Sse => "sse",
-            Format::Ndjson => "ndjson",
-        },
-        remote_addr: conn.as_ref().map(|c| c.remote),
-        connected_at: Utc::now(),
-        events_received: AtomicU64::new(0),
-        last_event_id: Mutex::new(None),
-    });
+    let transport = match format {
+        Format::Sse => "sse",
+        Format::Ndjson => "ndjson",
+    };
+    let info = client_info(&params, conn.as_ref(), transport);
     let subscription = state.hub.subscribe(SubscribeRequest {
         filter,
         resume: params.resume,
@@ -189,6 +181,24 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
     Ok(match format {
         Format::Sse => sse::response(subscription, state.config.retry_ms, params.envelope),
         Format::Ndjson => ndjson::response(subscription),
+    })
+}
+
+/// Who a new subscriber is, as `/clients` shows it.
+pub(super) fn client_info(
+    params: &Params,
+    conn: Option<&ConnInfo>,
+    transport: &'static str,
+) -> Arc<ClientInfo> {
+    Arc::new(ClientInfo {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        client_name: params.client_name.clone(),
+        tags: params.tags.clone(),
+        transport,
+        remote_addr: conn.map(|c| c.remote),
+        connected_at: Utc::now(),
+        events_received: AtomicU64::new(0),
+        last_event_id: Mutex::new(None),
     })
 }
 

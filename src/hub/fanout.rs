@@ -101,14 +101,7 @@ impl Fanout {
         let mut reg = self.registry.lock();
         let id = reg.next_id;
         reg.next_id += 1;
-        match filter.exact_topics() {
-            Some(topics) => {
-                for topic in topics {
-                    reg.by_topic.entry(topic.into()).or_default().push(id);
-                }
-            }
-            None => reg.wildcard.push(id),
-        }
+        reg.index(id, &filter);
         reg.subscribers.insert(
             id,
             Subscriber {
@@ -127,6 +120,20 @@ impl Fanout {
 
     pub fn unregister(&self, id: u64) {
         self.registry.lock().remove(id);
+    }
+
+    /// Changes what a registered subscriber receives, from the next
+    /// dispatched event on.
+    pub fn set_filter(&self, id: u64, filter: Arc<TopicFilter>) {
+        let mut reg = self.registry.lock();
+        let Some(old) = reg.subscribers.get(&id).map(|s| s.filter.clone()) else {
+            return;
+        };
+        reg.unindex(id, &old);
+        reg.index(id, &filter);
+        if let Some(sub) = reg.subscribers.get_mut(&id) {
+            sub.filter = filter;
+        }
     }
 
     /// Hands events, in id order, to every matching subscriber's queue.
@@ -212,9 +219,19 @@ impl Fanout {
 }
 
 impl Registry {
-    fn remove(&mut self, id: u64) -> Option<Subscriber> {
-        let sub = self.subscribers.remove(&id)?;
-        match sub.filter.exact_topics() {
+    fn index(&mut self, id: u64, filter: &TopicFilter) {
+        match filter.exact_topics() {
+            Some(topics) => {
+                for topic in topics {
+                    self.by_topic.entry(topic.into()).or_default().push(id);
+                }
+            }
+            None => self.wildcard.push(id),
+        }
+    }
+
+    fn unindex(&mut self, id: u64, filter: &TopicFilter) {
+        match filter.exact_topics() {
             Some(topics) => {
                 for topic in topics {
                     if let Some(ids) = self.by_topic.get_mut(topic) {
@@ -227,6 +244,11 @@ impl Registry {
             }
             None => self.wildcard.retain(|&other| other != id),
         }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Subscriber> {
+        let sub = self.subscribers.remove(&id)?;
+        self.unindex(id, &sub.filter);
         Some(sub)
     }
 }

@@ -104,6 +104,11 @@ impl Hub {
         )
     }
 
+    /// Cancelled when the hub starts shutting down.
+    pub fn shutdown_signal(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     pub fn storage(&self) -> &'static str {
         self.storage
     }

@@ -134,8 +134,15 @@ impl Subscription {
         }
     }
 
-    pub fn info(&self) -> &Arc<ClientInfo> {
-        &self.info
+    /// Changes the topics this subscription receives: live events from
+    /// the next one dispatched, and the rest of a replay still under way.
+    pub fn set_filter(&mut self, filter: TopicFilter) {
+        self.filter = Arc::new(filter);
+        self.fanout.set_filter(self.id, self.filter.clone());
+    }
+
+    pub fn filter(&self) -> &TopicFilter {
+        &self.filter
     }
 
     /// The next item to send, or why the stream ends.

@@ -1,0 +1,296 @@
+//! The WebSocket transport: `GET /ws?topics=…` upgrades to RFC 6455.
+//!
+//! A socket is one ordered stream of events, like an SSE connection: one
+//! subscription whose topics the client changes with `subscribe` and
+//! `unsubscribe` commands. New topics are live from the moment they are
+//! added; `last_event_id` (on the URL, or in a `subscribe` sent while the
+//! socket has no topics) replays what was missed first, with the same
+//! no-gap seam as SSE. Every event is one text frame, its envelope JSON,
+//! the same bytes for every subscriber. The server pings every
+//! `--keepalive` and closes peers that have not answered by the next ping.
+
+mod command;
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{
+    CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+    rejection::WebSocketUpgradeRejection,
+};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::errors::ApiError;
+use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
+use crate::frame::{self, GAP_TYPE};
+use crate::hub::fanout::ClientInfo;
+use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
+use crate::topic::TopicFilter;
+use command::Command;
+
+/// Close codes (RFC 6455, section 7.4.1).
+const GOING_AWAY: u16 = 1001;
+const UNSUPPORTED_DATA: u16 = 1003;
+const POLICY_VIOLATION: u16 = 1008;
+const MESSAGE_TOO_BIG: u16 = 1009;
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// How long a close frame may take to go out before the socket is dropped:
+/// a slow peer that is still reading gets its close code; a stalled one is
+/// dropped after this.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: SubscribeParts,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::bad_request(
+            "websocket_required",
+            format!("/ws takes a WebSocket upgrade: {rejection}"),
+        )
+    })?;
+    // Topics on the URL are checked before the upgrade, so that a bad one
+    // is a plain 400 like on the other transports.
+    let filter = if request.params.topics.is_empty() {
+        None
+    } else {
+        let topics = request.params.topics.iter().map(String::as_str);
+        Some(TopicFilter::parse(topics, state.config.max_topics)?)
+    };
+    let max = state.max_body();
+    Ok(upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let session = Session::new(state, request.params, request.conn.as_ref(), filter);
+            session.run(socket)
+        })
+        .into_response())
+}
+
+/// What the loop does next.
+enum Step {
+    Send(Message),
+    Close(u16, &'static str),
+    Nothing,
+    Stop,
+}
+
+struct Session {
+    state: AppState,
+    info: std::sync::Arc<ClientInfo>,
+    /// The topics as the client listed them, in order.
+    topics: Vec<String>,
+    subscription: Option<Subscription>,
+    /// Cancelled by the fan-out when this socket falls behind its buffer.
+    cut_off: CancellationToken,
+}
+
+impl Session {
+    fn new(
+        state: AppState,
+        params: Params,
+        conn: Option<&crate::server::ConnInfo>,
+        filter: Option<TopicFilter>,
+    ) -> Session {
+        let mut session = Session {
+            info: client_info(&params, conn, "ws"),
+            state,
+            topics: params.topics,
+            subscription: None,
+            cut_off: CancellationToken::new(),
+        };
+        if let Some(filter) = filter {
+            session.subscription = Some(session.open(filter, params.resume));
+        }
+        session
+    }
+
+    fn open(&self, filter: TopicFilter, resume: Resume) -> Subscription {
+        self.state.hub.subscribe(SubscribeRequest {
+            filter,
+            resume,
+            info: self.info.clone(),
+            on_cut_off: self.cut_off.clone(),
+        })
+    }
+
+    async fn run(mut self, socket: WebSocket) {
+        let (mut sink, mut incoming) = socket.split();
+        let shutdown = self.state.hub.shutdown_signal();
+        let keepalive = self.state.config.keepalive;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut awaiting_pong = false;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Step::Close(GOING_AWAY, "the hub is shutting down"),
+                _ = self.cut_off.cancelled() => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
+                message = incoming.next() => match message {
+                    None | Some(Ok(Message::Close(_))) => Step::Stop,
+                    Some(Ok(Message::Text(text))) => Step::Send(self.answer(&text).await),
+                    Some(Ok(Message::Binary(_))) => {
+                        Step::Close(UNSUPPORTED_DATA, "binary frames are not accepted: send JSON text")
+                    }
+                    Some(Ok(Message::Pong(_))) => {
+                        awaiting_pong = false;
+                        Step::Nothing
+                    }
+                    // Pings are answered by the WebSocket library itself.
+                    Some(Ok(Message::Ping(_))) => Step::Nothing,
+                    Some(Err(error)) if is_too_big(&error) => {
+                        Step::Close(MESSAGE_TOO_BIG, "message larger than the limit (--max-body)")
+                    }
+                    Some(Err(_)) => Step::Stop,
+                },
+                item = next_item(&mut self.subscription) => match item {
+                    Ok(Item::Event(event)) => Step::Send(Message::Text(
+                        Utf8Bytes::try_from(event.envelope_json()).expect("JSON is UTF-8"),
+                    )),
+                    Ok(Item::Gap { requested, oldest }) => Step::Send(Message::Text(
+                        frame::control_json(
+                            GAP_TYPE,
+                            Some(frame::gap_payload(&requested.to_string(), oldest)),
+                        )
+                        .into(),
+                    )),
+                    // Pings keep a WebSocket alive; no keep-alive frames.
+                    Ok(Item::KeepAlive) => Step::Nothing,
+                    Err(End::Closed) => Step::Close(GOING_AWAY, "the hub is shutting down"),
+                    Err(End::CutOff) => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
+                },
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        Step::Close(POLICY_VIOLATION, "no answer to ping")
+                    } else {
+                        awaiting_pong = true;
+                        Step::Send(Message::Ping(Default::default()))
+                    }
+                }
+            };
+            let (code, reason) = match step {
+                Step::Nothing => continue,
+                Step::Stop => break,
+                Step::Send(message) => {
+                    // A stalled peer blocks this send; being cut off ends it,
+                    // and the close frame goes out once the peer reads again.
+                    tokio::select! {
+                        sent = sink.send(message) => match sent {
+                            Ok(()) => continue,
+                            Err(_) => break,
+                        },
+                        _ = self.cut_off.cancelled() => (TRY_AGAIN_LATER, TOO_SLOW),
+                    }
+                }
+                Step::Close(code, reason) => (code, reason),
+            };
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+            break;
+        }
+    }
+
+    /// Carries out one command and returns the reply frame.
+    async fn answer(&mut self, text: &str) -> Message {
+        let reply = match command::parse(text) {
+            Err(refused) => refusal(refused.op.as_deref(), refused.error),
+            Ok(Command::Ping) => json!({ "ok": true, "op": "pong" }),
+            Ok(Command::Publish(event)) => match self.state.hub.publish(vec![event]).await {
+                Ok(ids) => json!({ "ok": true, "op": "publish", "id": ids[0] }),
+                Err(error) => refusal(Some("publish"), error.into()),
+            },
+            Ok(Command::Subscribe {
+                topics,
+                last_event_id,
+            }) => match self.subscribe(topics, last_event_id.as_deref()) {
+                Ok(()) => json!({ "ok": true, "op": "subscribe", "topics": self.topics }),
+                Err(error) => refusal(Some("subscribe"), error),
+            },
+            Ok(Command::Unsubscribe { topics }) => match self.unsubscribe(&topics) {
+                Ok(()) => json!({ "ok": true, "op": "unsubscribe", "topics": self.topics }),
+                Err(error) => refusal(Some("unsubscribe"), error),
+            },
+        };
+        Message::Text(reply.to_string().into())
+    }
+
+    fn subscribe(
+        &mut self,
+        topics: Vec<String>,
+        last_event_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let max = self.state.config.max_topics;
+        TopicFilter::parse(topics.iter().map(String::as_str), max)?;
+        let resume = last_event_id.map(resume_from).transpose()?;
+        if resume.is_some() && self.subscription.is_some() {
+            return Err(ApiError::bad_request(
+                "already_subscribed",
+                "last_event_id is accepted only while the socket has no topics: a socket is \
+                 one ordered stream; unsubscribe from everything, or open a new socket, to resume",
+            ));
+        }
+        let mut listed = self.topics.clone();
+        for topic in topics {
+            if !listed.contains(&topic) {
+                listed.push(topic);
+            }
+        }
+        let filter = TopicFilter::parse(listed.iter().map(String::as_str), max)?;
+        match &mut self.subscription {
+            Some(subscription) => subscription.set_filter(filter),
+            None => self.subscription = Some(self.open(filter, resume.unwrap_or(Resume::Live))),
+        }
+        self.topics = listed;
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, topics: &[String]) -> Result<(), ApiError> {
+        TopicFilter::parse(topics.iter().map(String::as_str), usize::MAX)?;
+        self.topics.retain(|t| !topics.contains(t));
+        if self.topics.is_empty() {
+            self.subscription = None;
+        } else if let Some(subscription) = &mut self.subscription {
+            let filter = TopicFilter::parse(self.topics.iter().map(String::as_str), usize::MAX)?;
+            subscription.set_filter(filter);
+        }
+        Ok(())
+    }
+}
+
+const TOO_SLOW: &str = "too slow: fell behind its buffer; reconnect with last_event_id";
+
+/// The next item of the socket's subscription; never, while it has none.
+async fn next_item(subscription: &mut Option<Subscription>) -> Result<Item, End> {
+    match subscription {
+        Some(subscription) => subscription.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An error frame: `{"ok": false, "op"?, "error": {"code", "message"}}`.
+fn refusal(op: Option<&str>, error: ApiError) -> Value {
+    let mut reply = json!({
+        "ok": false,
+        "error": { "code": error.code, "message": error.message },
+    });
+    if let Some(op) = op {
+        reply["op"] = json!(op);
+    }
+    reply
+}
+
+/// Whether a read failed because a frame or message exceeded the size limit.
+fn is_too_big(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}

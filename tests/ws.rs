@@ -1,0 +1,538 @@
+//! The WebSocket transport over real sockets: events, every command and its
+//! errors, replay and its seam, pings, close codes, and slow subscribers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Hub, next_event, sse};
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ws_url(hub: &Hub, path: &str) -> String {
+    format!("{}{}", hub.url.replacen("http://", "ws://", 1), path)
+}
+
+async fn connect(hub: &Hub, path: &str) -> Socket {
+    let (socket, response) = connect_async(ws_url(hub, path)).await.expect("upgrade");
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+/// The next text frame as JSON, skipping pings.
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("no socket error");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON text frame"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn command(socket: &mut Socket, command: Value) -> Value {
+    socket
+        .send(Message::text(command.to_string()))
+        .await
+        .unwrap();
+    next_json(socket).await
+}
+
+/// Reads until the server's close frame and returns its code.
+async fn close_code(socket: &mut Socket) -> u16 {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("closed in time");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(Message::Close(None))) => panic!("close without a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_arrive_as_envelope_text_frames() {
+    let hub = Hub::start(&[]).await;
+    let mut socket = connect(&hub, "/ws?topics=a,b/*").await;
+    // Registration happens during the upgrade; a ping round trip proves it.
+    assert_eq!(
+        command(&mut socket, json!({"op": "ping"})).await["op"],
+        "pong"
+    );
+    let id = hub.publish("b/x", json!({"n": 1})).await;
+    hub.publish("c", json!("not mine")).await;
+    let last = hub.publish("a", json!("s")).await;
+    let first = next_json(&mut socket).await;
+    assert_eq!(first["id"], id);
+    assert_eq!(first["topic"], "b/x");
+    assert_eq!(first["data"], json!({"n": 1}));
+    assert!(first.get("type").is_none());
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(next_json(&mut socket).await["id"], last);
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_change_the_topics_live() {
+    let hub = Hub::start(&[]).await;
+    let mut socket = connect(&hub, "/ws").await;
+    let reply = command(
+        &mut socket,
+        json!({"op": "subscribe", "topics": ["x", "y/*"]}),
+    )
+    .await;
+    assert_eq!(
+        reply,
+        json!({"ok": true, "op": "subscribe", "topics": ["x", "y/*"]})
+    );
+    let reply = command(
+        &mut socket,
+        json!({"op": "subscribe", "topics": ["z", "x"]}),
+    )
+    .await;
+    assert_eq!(reply["topics"], json!(["x", "y/*", "z"]));
+    let (_, clients) = hub.get_json("/clients").await;
+    assert_eq!(clients["clients"][0]["transport"], "ws");
+    assert_eq!(clients["clients"][0]["topics"], json!(["x", "y/*", "z"]));
+
+    let x = hub.publish("x", json!(1)).await;
+    let y = hub.publish("y/1", json!(2)).await;
+    let z = hub.publish("z", json!(3)).await;
+    for id in [&x, &y, &z] {
+        assert_eq!(&next_json(&mut socket).await["id"], id);
+    }
+    let reply = command(
+        &mut socket,
+        json!({"op": "unsubscribe", "topics": ["x", "y/*"]}),
+    )
+    .await;
+    assert_eq!(
+        reply,
+        json!({"ok": true, "op": "unsubscribe", "topics": ["z"]})
+    );
+    hub.publish("x", json!("gone")).await;
+    let z2 = hub.publish("z", json!(4)).await;
+    assert_eq!(
+        next_json(&mut socket).await["id"],
+        z2,
+        "x no longer delivered"
+    );
+
+    // Unsubscribing from everything leaves the socket open with no topics.
+    let reply = command(&mut socket, json!({"op": "unsubscribe", "topics": ["z"]})).await;
+    assert_eq!(reply["topics"], json!([]));
+    assert_eq!(hub.get_json("/health").await.1["connected_clients"], 0);
+    hub.publish("z", json!(5)).await;
+    assert_eq!(
+        command(&mut socket, json!({"op": "ping"})).await["op"],
+        "pong"
+    );
+}
+
+#[tokio::test]
+async fn publish_over_the_socket_answers_with_the_id() {
+    let hub = Hub::start(&[]).await;
+    let mut watcher = sse(&hub.at("/stream?topics=p"), None).await;
+    let mut socket = connect(&hub, "/ws?topics=p").await;
+    // Sent as text: the data's bytes (1.50) must reach subscribers as sent.
+    socket
+        .send(Message::text(
+            r#"{"op":"publish","topic":"p","type":"t","data":[1.50,"x"]}"#,
+        ))
+        .await
+        .unwrap();
+    let reply = next_json(&mut socket).await;
+    assert_eq!(reply["ok"], true);
+    assert_eq!(reply["op"], "publish");
+    let id = reply["id"].as_str().unwrap().to_string();
+    let event = next_event(&mut watcher, WAIT).await;
+    assert_eq!(
+        (event.id.as_str(), event.event.as_str(), event.data.as_str()),
+        (id.as_str(), "t", "[1.50,\"x\"]")
+    );
+    let echoed = next_json(&mut socket).await;
+    assert_eq!(
+        echoed["id"],
+        id.as_str(),
+        "the publisher's own subscription gets it too"
+    );
+}
+
+#[tokio::test]
+async fn malformed_commands_get_error_frames_and_the_socket_stays_open() {
+    let hub = Hub::start(&["--max-topics", "2"]).await;
+    let mut socket = connect(&hub, "/ws").await;
+    let cases = [
+        ("not json", None, "invalid_command"),
+        ("[1,2]", None, "invalid_command"),
+        (r#"{"topics":["a"]}"#, None, "invalid_command"),
+        (r#"{"op":"dance"}"#, Some("dance"), "unknown_op"),
+        (
+            r#"{"op":"subscribe"}"#,
+            Some("subscribe"),
+            "invalid_command",
+        ),
+        (
+            r#"{"op":"subscribe","topics":[]}"#,
+            Some("subscribe"),
+            "no_topics",
+        ),
+        (
+            r#"{"op":"subscribe","topics":["tr*"]}"#,
+            Some("subscribe"),
+            "invalid_topic",
+        ),
+        (
+            r#"{"op":"subscribe","topics":["a","b","c"]}"#,
+            Some("subscribe"),
+            "too_many_topics",
+        ),
+        (
+            r#"{"op":"subscribe","topics":["a"],"last_event_id":"x"}"#,
+            Some("subscribe"),
+            "invalid_last_event_id",
+        ),
+        (
+            r#"{"op":"unsubscribe","topics":["a//b"]}"#,
+            Some("unsubscribe"),
+            "invalid_topic",
+        ),
+        (
+            r#"{"op":"publish","topic":"$sys","data":1}"#,
+            Some("publish"),
+            "invalid_topic",
+        ),
+        (
+            r#"{"op":"publish","topic":"a","type":"sluice.gap","data":1}"#,
+            Some("publish"),
+            "invalid_type",
+        ),
+        (
+            r#"{"op":"publish","topic":"a"}"#,
+            Some("publish"),
+            "invalid_json",
+        ),
+        (
+            r#"{"op":"ping","extra":true}"#,
+            Some("ping"),
+            "invalid_command",
+        ),
+    ];
+    for (text, op, code) in cases {
+        socket.send(Message::text(text)).await.unwrap();
+        let reply = next_json(&mut socket).await;
+        assert_eq!(reply["ok"], false, "{text}");
+        assert_eq!(reply["error"]["code"], code, "{text}: {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert_eq!(reply.get("op").and_then(Value::as_str), op, "{text}");
+    }
+    // Two subscribes then a third topic: the total is over --max-topics.
+    command(
+        &mut socket,
+        json!({"op": "subscribe", "topics": ["a", "b"]}),
+    )
+    .await;
+    let reply = command(&mut socket, json!({"op": "subscribe", "topics": ["c"]})).await;
+    assert_eq!(reply["error"]["code"], "too_many_topics");
+    let reply = command(
+        &mut socket,
+        json!({"op": "subscribe", "topics": ["c"], "last_event_id": "earliest"}),
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], "already_subscribed");
+    // Still open and working.
+    let id = hub.publish("a", json!(1)).await;
+    assert_eq!(next_json(&mut socket).await["id"], id);
+}
+
+#[tokio::test]
+async fn binary_frames_are_refused_with_1003() {
+    let hub = Hub::start(&[]).await;
+    let mut socket = connect(&hub, "/ws").await;
+    socket.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(
+        close_code(&mut socket).await,
+        u16::from(CloseCode::Unsupported)
+    );
+}
+
+#[tokio::test]
+async fn frames_over_max_body_are_refused_with_1009() {
+    let hub = Hub::start(&["--max-body", "1KiB"]).await;
+    let mut socket = connect(&hub, "/ws").await;
+    let small = json!({"op": "publish", "topic": "a", "data": "x".repeat(500)});
+    assert_eq!(command(&mut socket, small).await["ok"], true);
+    let big = json!({"op": "publish", "topic": "a", "data": "x".repeat(2000)});
+    socket.send(Message::text(big.to_string())).await.unwrap();
+    assert_eq!(close_code(&mut socket).await, u16::from(CloseCode::Size));
+}
+
+#[tokio::test]
+async fn bad_upgrades_are_plain_http_errors() {
+    let hub = Hub::start(&[]).await;
+    let (status, body) = hub.get_json("/ws?topics=a").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "websocket_required");
+    let refused = connect_async(ws_url(&hub, "/ws?topics=tr*")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn replay_from_the_url_or_a_subscribe_command_and_gaps() {
+    let hub = Hub::start(&["--history-max-events", "3"]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(hub.publish("r", json!(i)).await);
+    }
+    // From the URL: after ids[2], ids[3] and ids[4] are retained.
+    let mut socket = connect(&hub, &format!("/ws?topics=r&last_event_id={}", ids[2])).await;
+    assert_eq!(next_json(&mut socket).await["id"], ids[3]);
+    assert_eq!(next_json(&mut socket).await["id"], ids[4]);
+    // From a subscribe command, with the Last-Event-ID semantics.
+    let mut socket = connect(&hub, "/ws").await;
+    let reply = command(
+        &mut socket,
+        json!({"op": "subscribe", "topics": ["r"], "last_event_id": ids[3]}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true);
+    assert_eq!(next_json(&mut socket).await["id"], ids[4]);
+    // An id lost to retention: a gap control envelope without id, then the oldest.
+    let mut socket = connect(&hub, &format!("/ws?topics=r&last_event_id={}", ids[0])).await;
+    let gap = next_json(&mut socket).await;
+    assert_eq!(gap["type"], "sluice.gap");
+    assert_eq!(gap["data"], json!({"requested": ids[0], "oldest": ids[2]}));
+    assert!(gap.get("id").is_none());
+    assert_eq!(next_json(&mut socket).await["id"], ids[2]);
+    // earliest.
+    let mut socket = connect(&hub, "/ws?topics=r&last_event_id=earliest").await;
+    assert_eq!(next_json(&mut socket).await["id"], ids[2]);
+}
+
+/// As for SSE: a publisher publishes continuously while a WebSocket client
+/// disconnects and resumes (alternating the URL and the subscribe command)
+/// again and again; together, the events received have no gap and no
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
+    const RECONNECTS: usize = 24;
+    let hub = Arc::new(Hub::start(&["--history-max-events", "100000"]).await);
+    let published = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = {
+        let (hub, published, stop) = (hub.clone(), published.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let id = hub.publish("seam", json!(n)).await;
+                published.lock().unwrap().push(id);
+                n += 1;
+            }
+        })
+    };
+    let mut received: Vec<String> = Vec::new();
+    for round in 0..RECONNECTS {
+        let mut socket = match (received.last(), round % 2) {
+            (None, _) => connect(&hub, "/ws?topics=seam").await,
+            (Some(last), 0) => {
+                connect(&hub, &format!("/ws?topics=seam&last_event_id={last}")).await
+            }
+            (Some(last), _) => {
+                let mut socket = connect(&hub, "/ws").await;
+                socket
+                    .send(Message::text(
+                        json!({"op": "subscribe", "topics": ["seam"], "last_event_id": last})
+                            .to_string(),
+                    ))
+                    .await
+                    .unwrap();
+                socket
+            }
+        };
+        let take = 5 + (round * 7) % 40;
+        let mut got = 0;
+        while got < take {
+            let frame = next_json(&mut socket).await;
+            if frame.get("ok").is_some() {
+                assert_eq!(frame["ok"], true, "{frame}");
+                continue;
+            }
+            received.push(frame["id"].as_str().expect("an event").to_string());
+            got += 1;
+        }
+        drop(socket);
+    }
+    stop.cancel();
+    publisher.await.unwrap();
+    let published = published.lock().unwrap().clone();
+    let first = published
+        .iter()
+        .position(|id| *id == received[0])
+        .expect("published");
+    let expected = &published[first..first + received.len()];
+    for (i, (got, want)) in received.iter().zip(expected).enumerate() {
+        assert_eq!(
+            got,
+            want,
+            "event {i} of {}: gap or duplicate at the seam",
+            received.len()
+        );
+    }
+    assert!(received.len() >= RECONNECTS * 5);
+}
+
+#[tokio::test]
+async fn the_server_pings_and_closes_peers_that_do_not_answer() {
+    let hub = Hub::start(&["--keepalive", "1s"]).await;
+    // A well-behaved client stays connected: tungstenite answers pings as
+    // long as the client keeps reading, which this task does.
+    let good = connect(&hub, "/ws?topics=k").await;
+    let (pings_tx, mut pings) = tokio::sync::mpsc::unbounded_channel();
+    let (texts_tx, mut texts) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut good = good;
+        while let Some(Ok(message)) = good.next().await {
+            match message {
+                Message::Ping(_) => {
+                    // tungstenite queues the pong; flushing sends it now.
+                    good.flush().await.unwrap();
+                    pings_tx.send(()).unwrap();
+                }
+                Message::Text(text) => texts_tx.send(text.to_string()).unwrap(),
+                _ => {}
+            }
+        }
+    });
+    let ping = tokio::time::timeout(Duration::from_secs(5), pings.recv()).await;
+    assert!(ping.is_ok(), "the server sent a ping");
+
+    // A raw client that completes the handshake and never answers, on a
+    // thread of its own (its reads block).
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut raw = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            raw,
+            "GET /ws?topics=k HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 1024];
+        // Read until the server closes: response, a ping (0x89), then close (0x88).
+        loop {
+            match raw.read(&mut buf) {
+                Ok(0) => return bytes,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the silent peer was not closed: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let body_at = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(bytes.starts_with(b"HTTP/1.1 101"));
+    let frames = &bytes[body_at..];
+    assert_eq!(frames[0], 0x89, "first a ping");
+    let close_at = frames
+        .iter()
+        .position(|&b| b == 0x88)
+        .expect("a close frame");
+    let code = u16::from_be_bytes([frames[close_at + 2], frames[close_at + 3]]);
+    assert_eq!(code, 1008);
+
+    // The well-behaved client is still served, several pings later.
+    let id = hub.publish("k", json!(1)).await;
+    let text = tokio::time::timeout(WAIT, texts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["id"], id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_websocket_subscriber_is_closed_with_1013_and_others_go_on() {
+    let hub = Hub::start(&[
+        "--subscriber-buffer",
+        "100",
+        "--socket-send-buffer",
+        "16KiB",
+    ])
+    .await;
+    let mut slow = connect(&hub, "/ws?topics=flood").await;
+    assert_eq!(
+        command(&mut slow, json!({"op": "ping"})).await["op"],
+        "pong"
+    );
+    // A reading subscriber on the same topic, reading all along.
+    const EVENTS: usize = 1000;
+    let mut fast = sse(&hub.at("/stream?topics=flood"), None).await;
+    let reader = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(EVENTS);
+        while ids.len() < EVENTS {
+            ids.push(next_event(&mut fast, WAIT).await.id);
+        }
+        ids
+    });
+    // 2 MB in paced batches: far more than the slow socket's buffers hold,
+    // slow enough for the reading subscriber.
+    let payload = "y".repeat(2000);
+    let mut ids = Vec::new();
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    for batch in 0..EVENTS / 50 {
+        pace.tick().await;
+        let body: String = (0..50)
+            .map(|i| format!("{{\"topic\":\"flood\",\"data\":\"{batch}-{i}-{payload}\"}}\n"))
+            .collect();
+        ids.extend(hub.publish_batch(body).await);
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        ids,
+        "the reading subscriber gets everything"
+    );
+    // The slow one now reads: what was queued, then the close frame.
+    assert_eq!(close_code(&mut slow).await, 1013);
+    let (_, health) = hub.get_json("/health").await;
+    assert_eq!(health["slow_disconnects"], 1);
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001() {
+    let hub = Hub::start(&[]).await;
+    let mut socket = connect(&hub, "/ws?topics=a").await;
+    assert_eq!(
+        command(&mut socket, json!({"op": "ping"})).await["op"],
+        "pong"
+    );
+    hub.signal(Signal::SIGTERM);
+    assert_eq!(close_code(&mut socket).await, 1001);
+}
