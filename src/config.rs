@@ -71,6 +71,16 @@ pub struct Config {
     /// default when unset. Smaller values bound the memory a stalled reader
     /// holds and let the hub notice it sooner.
     pub socket_send_buffer: Option<ByteSize>,
+    /// Run the demo producers (`producers`): live sample data on real topics.
+    pub demo: bool,
+    /// The demo producers to run, comma-separated; each runs only if named.
+    pub demo_producers: String,
+    /// Ticker symbols of the `trades` producer, comma-separated; each is a
+    /// topic segment (`trades/<SYMBOL>`).
+    pub demo_symbols: String,
+    /// Data set the `measurements` producer replays (JSON array or NDJSON);
+    /// the sample embedded in the binary when unset.
+    pub dataset: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -89,6 +99,10 @@ impl Default for Config {
             max_body: ByteSize::mib(1),
             cors_origins: "*".into(),
             socket_send_buffer: None,
+            demo: false,
+            demo_producers: crate::producers::NAMES.join(","),
+            demo_symbols: "AAPL,GOOGL".into(),
+            dataset: None,
         }
     }
 }
@@ -153,6 +167,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_send_buffer: Option<String>,
+    /// Run the demo producers: live sample data on real topics.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub demo: bool,
+    /// Demo producers to run, comma-separated [default: all of metrics,
+    /// logs, alerts, heartbeat, trades, clock, measurements].
+    #[arg(long, value_name = "NAMES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demo_producers: Option<String>,
+    /// Symbols of the demo trades, comma-separated [default: AAPL,GOOGL].
+    #[arg(long, value_name = "SYMBOLS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demo_symbols: Option<String>,
+    /// Data set for the demo measurements: JSON array or NDJSON [default:
+    /// a built-in sample].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<PathBuf>,
 }
 
 impl Config {
@@ -198,7 +230,42 @@ impl Config {
         if self.keepalive.is_zero() {
             anyhow::bail!("keepalive must be longer than zero");
         }
+        let names = crate::producers::NAMES;
+        if let Some(unknown) = self
+            .demo_producer_list()
+            .iter()
+            .find(|n| !names.contains(n))
+        {
+            anyhow::bail!(
+                "demo_producers: unknown producer {unknown:?}; known: {}",
+                names.join(", ")
+            );
+        }
+        let symbols = self.demo_symbol_list();
+        if symbols.is_empty() {
+            anyhow::bail!("demo_symbols must name at least one symbol");
+        }
+        for symbol in &symbols {
+            if symbol.contains('/') || crate::topic::validate_publish_topic(symbol).is_err() {
+                anyhow::bail!(
+                    "demo_symbols: {symbol:?} is not a topic segment (A-Z a-z 0-9 . _ ~ : @ -)"
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The demo producers named in `demo_producers`, without duplicates.
+    pub fn demo_producer_list(&self) -> Vec<&str> {
+        comma_list(&self.demo_producers)
+    }
+
+    /// The symbols of `demo_symbols`, without duplicates, in order.
+    pub fn demo_symbol_list(&self) -> Vec<String> {
+        comma_list(&self.demo_symbols)
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     /// The CORS origins, or `None` for any origin.
@@ -212,6 +279,18 @@ impl Config {
             .collect();
         (!list.iter().any(|o| o == "*")).then_some(list)
     }
+}
+
+/// The non-empty, trimmed entries of a comma-separated list, first
+/// occurrence kept.
+fn comma_list(value: &str) -> Vec<&str> {
+    let mut list: Vec<&str> = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if !list.contains(&entry) {
+            list.push(entry);
+        }
+    }
+    list
 }
 
 /// `listen` from the `HOST` and `PORT` variables that platforms set, when
@@ -335,6 +414,118 @@ mod tests {
             // Unrelated SLUICE_ variables are not settings and are ignored.
             jail.set_env("SLUICE_SOMETHING_ELSE", "x");
             assert!(Config::load(&ServeArgs::default()).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn demo_settings_default() {
+        Jail::expect_with(|_| {
+            let c = load(ServeArgs::default());
+            assert!(!c.demo);
+            assert_eq!(
+                c.demo_producer_list(),
+                [
+                    "metrics",
+                    "logs",
+                    "alerts",
+                    "heartbeat",
+                    "trades",
+                    "clock",
+                    "measurements"
+                ]
+            );
+            assert_eq!(c.demo_symbol_list(), ["AAPL", "GOOGL"]);
+            assert_eq!(c.dataset, None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn demo_settings_come_from_file_env_and_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "d.toml",
+                "demo = true\ndemo_symbols = \"MSFT\"\ndataset = \"f.ndjson\"",
+            )?;
+            let args = ServeArgs {
+                config: Some("d.toml".into()),
+                ..Default::default()
+            };
+            let c = load(args.clone());
+            assert!(c.demo, "an absent --demo flag leaves the file's true");
+            assert_eq!(c.demo_symbol_list(), ["MSFT"]);
+            assert_eq!(c.dataset, Some(PathBuf::from("f.ndjson")));
+
+            jail.set_env("SLUICE_DEMO_PRODUCERS", "clock, metrics,clock");
+            jail.set_env("SLUICE_DEMO_SYMBOLS", "AAPL,NVDA");
+            let c = load(args.clone());
+            assert_eq!(c.demo_producer_list(), ["clock", "metrics"]);
+            assert_eq!(c.demo_symbol_list(), ["AAPL", "NVDA"]);
+
+            let c = load(ServeArgs {
+                demo_symbols: Some("TSLA".into()),
+                dataset: Some("g.json".into()),
+                ..args
+            });
+            assert_eq!(c.demo_symbol_list(), ["TSLA"], "flag beats env");
+            assert_eq!(c.dataset, Some(PathBuf::from("g.json")));
+
+            jail.set_env("SLUICE_DEMO", "true");
+            assert!(load(ServeArgs::default()).demo, "from the environment");
+            jail.set_env("SLUICE_DEMO", "false");
+            assert!(!load(ServeArgs::default()).demo);
+            let flag = ServeArgs {
+                demo: true,
+                ..Default::default()
+            };
+            assert!(load(flag).demo, "the flag beats the environment");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn demo_flags_parse_from_the_command_line() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cli = Cli::parse_from(["sluice", "--demo", "--demo-producers", "clock"]);
+        assert!(cli.serve.demo);
+        assert_eq!(cli.serve.demo_producers.as_deref(), Some("clock"));
+        let cli = Cli::parse_from(["sluice", "--dataset", "x.json"]);
+        assert!(!cli.serve.demo, "--dataset alone is allowed");
+        assert_eq!(cli.serve.dataset, Some(PathBuf::from("x.json")));
+    }
+
+    #[test]
+    fn bad_demo_settings_are_errors() {
+        Jail::expect_with(|_| {
+            for (producers, symbols) in [
+                ("clock,nope", "AAPL"),
+                ("Clock", "AAPL"),
+                ("clock", "a/b"),
+                ("clock", "A B"),
+                ("clock", "AAPL,$X"),
+                ("clock", " , "),
+                ("clock", "*"),
+            ] {
+                let args = ServeArgs {
+                    demo_producers: Some(producers.into()),
+                    demo_symbols: Some(symbols.into()),
+                    ..Default::default()
+                };
+                let error = Config::load(&args).expect_err(&format!("{producers} {symbols}"));
+                assert!(error.to_string().starts_with("demo_"), "{error}");
+            }
+            // An empty list of producers is valid: --demo then runs none.
+            let args = ServeArgs {
+                demo_producers: Some(String::new()),
+                ..Default::default()
+            };
+            assert!(Config::load(&args).is_ok());
             Ok(())
         });
     }

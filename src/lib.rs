@@ -11,6 +11,7 @@ pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod log;
+pub mod producers;
 pub mod server;
 pub mod topic;
 pub mod validate;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use sluice::config::{Config, LogFormat, ServeArgs};
 use sluice::http::{AppState, router};
 use sluice::hub::Hub;
+use sluice::producers::Producers;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -61,10 +62,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let (hub, hub_tasks) = Hub::start(&config, shutdown.clone());
+    let producers = Producers::start(hub.clone(), &config, shutdown.clone())?;
     let send_buffer = config.socket_send_buffer.map(|b| b.as_u64() as usize);
     let app = router(AppState {
         hub: hub.clone(),
         config: Arc::new(config.clone()),
+        producers: producers.clone(),
     });
 
     let base = format!("http://{addr}");
@@ -72,10 +75,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  publish:   POST {base}/publish");
     println!("  subscribe: GET  {base}/stream?topics=…  (SSE; NDJSON at {base}/ndjson)");
     println!("  status:    GET  {base}/health");
+    if config.demo {
+        let names = producers.names();
+        let names = if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        };
+        println!("  demo:      producers {names}");
+    }
     tracing::info!(%addr, storage = config.storage.name(), "hub started");
 
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     sluice::server::serve(listener, app, shutdown, send_buffer).await;
+    // Producers hold the hub; its writer stops only when they let go.
+    producers.wait().await;
     drop(hub);
     let _ = hub_tasks.await;
     tracing::info!("stopped");

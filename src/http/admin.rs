@@ -63,6 +63,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "event_history_size": hub.log_stats().retained,
         "storage": hub.storage(),
         "slow_disconnects": hub.slow_disconnects(),
+        "producers": state.producers.status(),
     });
     (status, Json(body)).into_response()
 }

@@ -18,12 +18,15 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::producers::Producers;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
+    /// The demo producers, for `/health`; empty without `--demo`.
+    pub producers: Arc<Producers>,
 }
 
 impl AppState {
