@@ -230,6 +230,12 @@ impl Config {
         if self.keepalive.is_zero() {
             anyhow::bail!("keepalive must be longer than zero");
         }
+        if self.history_max_age.is_zero() {
+            anyhow::bail!("history_max_age must be longer than zero");
+        }
+        if self.max_body.as_u64() == 0 {
+            anyhow::bail!("max_body must be at least 1 byte");
+        }
         let names = crate::producers::NAMES;
         if let Some(unknown) = self
             .demo_producer_list()

@@ -1,7 +1,9 @@
 //! The `sluice` binary.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sluice::config::{Config, LogFormat, ServeArgs};
@@ -11,6 +13,10 @@ use sluice::producers::Producers;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// Time left for background tasks after the server's drain, within the
+/// 5 s that shutdown may take.
+const FINISH: Duration = Duration::from_millis(500);
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "A real-time event streaming hub")]
@@ -70,11 +76,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         producers: producers.clone(),
     });
 
+    // The banner must not take the hub down if stdout is closed.
+    let say = |line: String| {
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
     let base = format!("http://{addr}");
-    println!("Sluice {} listening on {base}", env!("CARGO_PKG_VERSION"));
-    println!("  publish:   POST {base}/publish");
-    println!("  subscribe: GET  {base}/stream?topics=…  (SSE; NDJSON at {base}/ndjson)");
-    println!("  status:    GET  {base}/health");
+    say(format!(
+        "Sluice {} listening on {base}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    say(format!("  publish:   POST {base}/publish"));
+    say(format!(
+        "  subscribe: GET  {base}/stream?topics=…  (SSE; NDJSON at {base}/ndjson)"
+    ));
+    say(format!("  status:    GET  {base}/health"));
     if config.demo {
         let names = producers.names();
         let names = if names.is_empty() {
@@ -82,16 +97,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             names.join(", ")
         };
-        println!("  demo:      producers {names}");
+        say(format!("  demo:      producers {names}"));
     }
     tracing::info!(%addr, storage = config.storage.name(), "hub started");
 
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     sluice::server::serve(listener, app, shutdown, send_buffer).await;
-    // Producers hold the hub; its writer stops only when they let go.
-    producers.wait().await;
-    drop(hub);
-    let _ = hub_tasks.await;
+    // Producers hold the hub; its writer stops only when they let go. Any
+    // connection still open past the drain (a stalled reader) is dropped
+    // with the runtime, so the process is gone within 5 s of the signal.
+    let finish = async move {
+        producers.wait().await;
+        drop(hub);
+        let _ = hub_tasks.await;
+    };
+    if tokio::time::timeout(FINISH, finish).await.is_err() {
+        tracing::warn!("background tasks still running; exiting anyway");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -104,6 +126,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down");
+    // Cancel first: logging may fail (a closed stderr) and must not stop it.
     shutdown.cancel();
+    tracing::info!("shutting down");
 }

@@ -32,12 +32,13 @@ pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Respons
             "stream": "GET /stream?topics={topics}",
             "sse": "GET /sse/{topic}",
             "ndjson": "GET /ndjson?topics={topics}",
+            "ws": "GET /ws?topics={topics}",
             "health": "GET /health",
             "clients": "GET /clients",
             "topics": "GET /topics",
             "demo": "GET /demo",
         },
-        "features": ["sse", "ndjson", "replay", "patterns", "batch-publish", "cors"],
+        "features": ["sse", "ndjson", "websocket", "replay", "patterns", "batch-publish", "cors"],
     }));
     (vary, body).into_response()
 }

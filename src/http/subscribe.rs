@@ -241,7 +241,7 @@ where
         let mut subscription = state?;
         match subscription.next().await {
             Ok(item) => Some((Ok(encode(item)), Some(subscription))),
-            Err(End::Closed) => None,
+            Err(End::Closed | End::Failed) => None,
             Err(End::CutOff) => Some((
                 Err(std::io::Error::other(
                     "subscriber fell behind and was cut off",

@@ -53,16 +53,21 @@ pub enum Item {
 /// Why a subscription ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// The hub is shutting down (or history failed): end the response
-    /// cleanly so the client reconnects.
+    /// The hub is shutting down: end the response cleanly so the client
+    /// reconnects (to this hub after a restart, or to another).
     Closed,
     /// The subscriber fell behind its buffer and was cut off: abort.
     CutOff,
+    /// History could not be read: end cleanly so the client reconnects.
+    Failed,
 }
 
 struct Replay {
     /// The position to read after; `None` is the start of history.
     cursor: Option<EventId>,
+    /// The client's position: the last id it was sent, or the one it
+    /// resumed from. A gap names it as `requested`.
+    position: Option<EventId>,
     until: EventId,
     pending: VecDeque<Arc<Event>>,
     done: bool,
@@ -114,6 +119,7 @@ impl Subscription {
         };
         let replay = (request.resume != Resume::Live).then(|| Replay {
             cursor,
+            position: cursor,
             until: registration.head,
             pending: VecDeque::new(),
             done: false,
@@ -150,6 +156,7 @@ impl Subscription {
         loop {
             if let Some(replay) = &mut self.replay {
                 if let Some(event) = replay.pending.pop_front() {
+                    replay.position = Some(event.id);
                     return Ok(self.deliver(event));
                 }
                 if replay.done {
@@ -167,9 +174,9 @@ impl Subscription {
                     .await
                     .map_err(|error| {
                         tracing::warn!(%error, "replay failed; closing the stream");
-                        End::Closed
+                        End::Failed
                     })?;
-                let requested = replay.cursor;
+                let requested = replay.position;
                 replay.pending.extend(page.events);
                 // After a gap, reading goes on from the oldest event retained.
                 replay.cursor = match page.cursor {

@@ -37,6 +37,7 @@ const GOING_AWAY: u16 = 1001;
 const UNSUPPORTED_DATA: u16 = 1003;
 const POLICY_VIOLATION: u16 = 1008;
 const MESSAGE_TOO_BIG: u16 = 1009;
+const INTERNAL_ERROR: u16 = 1011;
 const TRY_AGAIN_LATER: u16 = 1013;
 
 /// How long a close frame may take to go out before the socket is dropped:
@@ -163,6 +164,7 @@ impl Session {
                     // Pings keep a WebSocket alive; no keep-alive frames.
                     Ok(Item::KeepAlive) => Step::Nothing,
                     Err(End::Closed) => Step::Close(GOING_AWAY, "the hub is shutting down"),
+                    Err(End::Failed) => Step::Close(INTERNAL_ERROR, "history unavailable; reconnect"),
                     Err(End::CutOff) => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                 },
                 _ = ping.tick() => {
