@@ -22,7 +22,7 @@ use tower::ServiceExt;
 
 /// How long open connections get to finish after shutdown starts; the
 /// process must be gone within 5 s of the signal.
-const DRAIN: Duration = Duration::from_secs(4);
+const DRAIN: Duration = Duration::from_millis(3500);
 
 /// Added to every request: who is on the other end, and how to hang up.
 #[derive(Clone, Debug)]

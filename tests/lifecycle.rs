@@ -167,3 +167,39 @@ async fn bad_settings_stop_start_up_with_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// A subscriber that never reads keeps its response from finishing; the
+/// hub still exits within 5 s of SIGTERM.
+#[tokio::test]
+async fn a_stalled_reader_does_not_hold_up_shutdown() {
+    use std::io::Write as _;
+    let mut hub = Hub::start(&["--socket-send-buffer", "16KiB"]).await;
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "GET /stream?topics=z HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let filler = "z".repeat(4000);
+    for _ in 0..10 {
+        let body: String = (0..50)
+            .map(|_| format!("{{\"topic\":\"z\",\"data\":\"{filler}\"}}\n"))
+            .collect();
+        hub.publish_batch(body).await;
+    }
+    let signalled = Instant::now();
+    hub.signal(Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(6), hub.child.wait())
+        .await
+        .expect("the hub exits")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    drop(stalled);
+}
