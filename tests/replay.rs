@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Hub, client, next_event, sse};
+use common::{Hub, SteadyPublisher, assert_contiguous, client, next_event, sse};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -139,28 +139,7 @@ async fn a_malformed_id_is_a_400() {
 async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
     const RECONNECTS: usize = 25;
     let hub = Arc::new(Hub::start(&["--history-max-events", "100000"]).await);
-    let published = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let publisher = {
-        let (hub, published, stop) = (hub.clone(), published.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                // Alternate single events and small batches.
-                let ids: Vec<String> = if n.is_multiple_of(3) {
-                    let body: String = (0..5)
-                        .map(|i| format!("{{\"topic\":\"seam\",\"data\":{}}}\n", n * 10 + i))
-                        .collect();
-                    hub.publish_batch(body).await
-                } else {
-                    vec![hub.publish("seam", json!(n)).await]
-                };
-                published.lock().unwrap().extend(ids);
-                n += 1;
-            }
-        })
-    };
-
+    let publisher = SteadyPublisher::start(hub.clone(), "seam");
     let mut received: Vec<String> = Vec::new();
     let mut last: Option<String> = None;
     for round in 0..RECONNECTS {
@@ -174,23 +153,7 @@ async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing
             last = Some(event.id);
         }
     }
-    stop.cancel();
-    publisher.await.unwrap();
-
-    let published = published.lock().unwrap().clone();
-    let first = published
-        .iter()
-        .position(|id| *id == received[0])
-        .expect("the first id received was published");
-    let expected = &published[first..first + received.len()];
-    assert_eq!(received.len(), expected.len());
-    for (i, (got, want)) in received.iter().zip(expected).enumerate() {
-        assert_eq!(
-            got,
-            want,
-            "event {i} of {}: gap or duplicate at the seam",
-            received.len()
-        );
-    }
+    let published = publisher.stop().await;
+    assert_contiguous(&published, &received);
     assert!(received.len() >= RECONNECTS * 5);
 }

@@ -4,10 +4,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Hub, next_event, sse};
+use common::{Hub, SteadyPublisher, assert_contiguous, next_event, sse};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -344,19 +344,7 @@ async fn replay_from_the_url_or_a_subscribe_command_and_gaps() {
 async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
     const RECONNECTS: usize = 24;
     let hub = Arc::new(Hub::start(&["--history-max-events", "100000"]).await);
-    let published = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let publisher = {
-        let (hub, published, stop) = (hub.clone(), published.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                let id = hub.publish("seam", json!(n)).await;
-                published.lock().unwrap().push(id);
-                n += 1;
-            }
-        })
-    };
+    let publisher = SteadyPublisher::start(hub.clone(), "seam");
     let mut received: Vec<String> = Vec::new();
     for round in 0..RECONNECTS {
         let mut socket = match (received.last(), round % 2) {
@@ -389,22 +377,8 @@ async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing
         }
         drop(socket);
     }
-    stop.cancel();
-    publisher.await.unwrap();
-    let published = published.lock().unwrap().clone();
-    let first = published
-        .iter()
-        .position(|id| *id == received[0])
-        .expect("published");
-    let expected = &published[first..first + received.len()];
-    for (i, (got, want)) in received.iter().zip(expected).enumerate() {
-        assert_eq!(
-            got,
-            want,
-            "event {i} of {}: gap or duplicate at the seam",
-            received.len()
-        );
-    }
+    let published = publisher.stop().await;
+    assert_contiguous(&published, &received);
     assert!(received.len() >= RECONNECTS * 5);
 }
 

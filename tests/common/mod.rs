@@ -145,6 +145,66 @@ impl Hub {
     }
 }
 
+/// A publisher that publishes to `topic` without pause (single events and
+/// small NDJSON batches in turn) until stopped, recording every id it was
+/// given, in order.
+pub struct SteadyPublisher {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl SteadyPublisher {
+    pub fn start(hub: Arc<Hub>, topic: &'static str) -> SteadyPublisher {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut published = Vec::new();
+            let mut n = 0u64;
+            while !until.is_cancelled() {
+                if n.is_multiple_of(3) {
+                    let body: String = (0..5)
+                        .map(|i| format!("{{\"topic\":\"{topic}\",\"data\":{}}}\n", n * 10 + i))
+                        .collect();
+                    published.extend(hub.publish_batch(body).await);
+                } else {
+                    published.push(hub.publish(topic, json!(n)).await);
+                }
+                n += 1;
+            }
+            published
+        });
+        SteadyPublisher { stop, task }
+    }
+
+    /// Stops publishing and returns every id published, in order.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.cancel();
+        self.task.await.expect("the publisher ran")
+    }
+}
+
+/// `received` must be a contiguous run of `published`: no gap, no duplicate.
+pub fn assert_contiguous(published: &[String], received: &[String]) {
+    let first = published
+        .iter()
+        .position(|id| *id == received[0])
+        .expect("the first id received was published");
+    let expected = &published[first..(first + received.len()).min(published.len())];
+    assert_eq!(
+        expected.len(),
+        received.len(),
+        "received ids that were never published"
+    );
+    for (i, (got, want)) in received.iter().zip(expected).enumerate() {
+        assert_eq!(
+            got,
+            want,
+            "event {i} of {}: gap or duplicate at the seam",
+            received.len()
+        );
+    }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
