@@ -6,8 +6,8 @@
 //! no third-party code is kept in the repository. When
 //! `web/node_modules/uplot/dist` is missing (a fresh clone) or holds another
 //! version than the lock file, this runs `npm ci` in `web/`, which needs
-//! Node.js/npm and access to the npm registry. The files are then copied into
-//! `OUT_DIR`.
+//! Node.js/npm and access to the npm registry. The files, and uPlot's license
+//! (MIT: the binary carries a copy), are then copied into `OUT_DIR`.
 
 use std::env;
 use std::fs;
@@ -15,52 +15,67 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The files of `uplot/dist` the page uses.
-const FILES: [&str; 2] = ["uPlot.iife.min.js", "uPlot.min.css"];
+/// The files of the `uplot` package the binary serves: (path in the
+/// package, name in `OUT_DIR`).
+const FILES: [(&str, &str); 3] = [
+    ("dist/uPlot.iife.min.js", "uPlot.iife.min.js"),
+    ("dist/uPlot.min.css", "uPlot.min.css"),
+    ("LICENSE", "uPlot.LICENSE.txt"),
+];
 
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets it"));
     let web = root.join("web");
-    let dist = web.join("node_modules/uplot/dist");
+    let package = web.join("node_modules/uplot");
 
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=web/package.json");
     println!("cargo:rerun-if-changed=web/package-lock.json");
     println!("cargo:rerun-if-changed=web/node_modules/uplot/package.json");
-    for file in FILES {
-        println!("cargo:rerun-if-changed=web/node_modules/uplot/dist/{file}");
+    for (file, _) in FILES {
+        println!("cargo:rerun-if-changed=web/node_modules/uplot/{file}");
     }
     println!("cargo:rerun-if-env-changed=NPM");
 
-    if !installed(&web, &dist) {
+    if !installed(&web, &package) {
         npm_ci(&web);
-        if !installed(&web, &dist) {
+        if !installed(&web, &package) {
             fail(&format!(
                 "`npm ci` in {} did not install uPlot as web/package-lock.json pins it \
                  (looked for {})",
                 web.display(),
-                dist.display()
+                package.display()
             ));
         }
     }
-    for file in FILES {
-        if let Err(error) = fs::copy(dist.join(file), out.join(file)) {
-            fail(&format!("cannot copy {file} into OUT_DIR: {error}"));
+    for (file, name) in FILES {
+        if let Err(error) = copy_if_changed(&package.join(file), &out.join(name)) {
+            fail(&format!("cannot copy uplot/{file} into OUT_DIR: {error}"));
         }
     }
 }
 
+/// Copies only changed contents: an unchanged file keeps its time, so the
+/// crate is not recompiled for nothing when this script reruns.
+fn copy_if_changed(from: &Path, to: &Path) -> std::io::Result<()> {
+    let bytes = fs::read(from)?;
+    if fs::read(to).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    fs::write(to, bytes)
+}
+
 /// Whether `node_modules` holds uPlot's files, at the version the lock file
 /// pins.
-fn installed(web: &Path, dist: &Path) -> bool {
-    if !FILES.iter().all(|file| dist.join(file).is_file()) {
+fn installed(web: &Path, package: &Path) -> bool {
+    if !FILES.iter().all(|(file, _)| package.join(file).is_file()) {
         return false;
     }
     let locked = fs::read_to_string(web.join("package-lock.json"))
         .ok()
         .and_then(|lock| version_after(&lock, "\"node_modules/uplot\""));
-    let present = fs::read_to_string(web.join("node_modules/uplot/package.json"))
+    let present = fs::read_to_string(package.join("package.json"))
         .ok()
         .and_then(|manifest| version_after(&manifest, "{"));
     match (locked, present) {

@@ -53,6 +53,7 @@ fn expected_type(path: &str) -> &'static str {
         Some("js") => "text/javascript",
         Some("css") => "text/css",
         Some("svg") => "image/svg+xml",
+        Some("txt") => "text/plain",
         other => panic!("unexpected asset type {other:?} in {path}"),
     }
 }
@@ -122,6 +123,7 @@ async fn the_page_and_all_its_assets_come_from_the_binary() {
         "/demo/charts.js",
         "/demo/streams.js",
         "/demo/style.css",
+        "/demo/uPlot.LICENSE.txt",
     ] {
         assert!(seen.iter().any(|p| p == asset), "{asset} in {seen:?}");
     }

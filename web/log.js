@@ -63,6 +63,7 @@ export class EventLog {
     this.lastId = null;
     this.received = 0;
     this.resume = null;
+    this.disconnectedAt = null;
     this.els.log.replaceChildren();
     this.els.replay.hidden = true;
     this.els.replay.dataset.replayed = '0';

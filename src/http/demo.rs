@@ -1,8 +1,8 @@
 //! The demo page: `GET /demo` and its assets under `/demo/…`, all compiled
 //! into the binary so that the page works without internet access.
 //!
-//! Our own files come from `web/`; uPlot's come from npm through `build.rs`,
-//! which copies them into `OUT_DIR`. The page refers to its assets
+//! Our own files come from `web/`; uPlot's (and its license) come from npm
+//! through `build.rs`, which copies them into `OUT_DIR`. The page refers to its assets
 //! relatively (`demo/app.js` from `/demo`), so it also works behind a proxy
 //! that mounts the hub under a prefix.
 
@@ -74,6 +74,11 @@ const ASSETS: &[Asset] = &[
         path: "uPlot.min.css",
         content_type: CSS,
         body: include_bytes!(concat!(env!("OUT_DIR"), "/uPlot.min.css")),
+    },
+    Asset {
+        path: "uPlot.LICENSE.txt",
+        content_type: "text/plain; charset=utf-8",
+        body: include_bytes!(concat!(env!("OUT_DIR"), "/uPlot.LICENSE.txt")),
     },
 ];
 
