@@ -180,14 +180,18 @@ impl Event {
         line.slice(..line.len() - 1)
     }
 
-    /// The SSE frame whose `data:` is the event's data (or, with `envelope`,
-    /// its whole envelope).
+    /// The SSE frame whose `data:` is the event's data, or, with `envelope`,
+    /// its whole envelope. An envelope frame has no `event:` line: the type
+    /// is inside the envelope, and a browser's EventSource delivers typed
+    /// events only to listeners of that exact type (and types such as
+    /// `error` or `open` to its own handlers), while an envelope client
+    /// wants every event of its topics in `onmessage`.
     pub fn sse_frame(&self, envelope: bool) -> &Bytes {
         if envelope {
             self.sse_envelope.get_or_init(|| {
                 let json = self.envelope_json();
                 let text = std::str::from_utf8(&json).expect("JSON is UTF-8");
-                frame::sse_event(Some(self.id), self.kind.as_deref(), text)
+                frame::sse_event(Some(self.id), None, text)
             })
         } else {
             self.sse_data.get_or_init(|| {

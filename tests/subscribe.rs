@@ -153,7 +153,10 @@ async fn envelope_true_sends_the_whole_envelope() {
 
     let event = next_event(&mut stream, WAIT).await;
     assert_eq!(event.id, typed);
-    assert_eq!(event.event, "t.x", "the type stays on the SSE event too");
+    assert_eq!(
+        event.event, "message",
+        "envelope frames are untyped so that onmessage gets them; the type is in the envelope"
+    );
     let envelope: Value = serde_json::from_str(&event.data).unwrap();
     let keys: Vec<&str> = envelope.as_object().unwrap().keys().map(|k| &**k).collect();
     assert_eq!(keys.len(), 5, "{envelope}");
@@ -435,5 +438,8 @@ async fn every_subscriber_gets_the_same_bytes() {
     let a = enveloped[0].frame().await;
     let b = enveloped[1].frame().await;
     assert_eq!(a, b);
-    assert!(a.starts_with(&format!("id: {id}\nevent: multi\ndata: {{")));
+    assert!(
+        a.starts_with(&format!("id: {id}\ndata: {{")),
+        "envelope frames carry no event line: {a}"
+    );
 }

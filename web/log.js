@@ -7,17 +7,9 @@ import { apiUrl, wsUrl } from './streams.js';
 
 export const MAX_ENTRIES = 200;
 
-// EventSource delivers an event typed `event: x` only to listeners of `x`;
-// there is no catch-all. The log listens to untyped events and to the types
-// the demo producers and common publishers use. Events typed `error` or
-// `open` (the demo's `logs/error` are) reach the listeners of EventSource's
-// own `error` and `open` too: those tell them apart by their class, as only
-// events from the stream are MessageEvents.
-const SSE_TYPES = [
-  'message', 'open', 'metrics', 'metric', 'debug', 'info', 'warn', 'warning', 'error',
-  'alert', 'alerts', 'heartbeat', 'clock', 'tick', 'time', 'trade', 'trades',
-  'measurement', 'measurements', 'log', 'event', 'update', 'notification',
-];
+// With envelope=true the hub sends every event untyped (its type is inside
+// the envelope), so all of them reach `message`; only the hub's own
+// `sluice.gap` control event is typed.
 const GAP = 'sluice.gap';
 
 const clock = new Intl.DateTimeFormat(undefined, {
@@ -135,15 +127,15 @@ export class EventLog {
     const conn = { close: () => source.close() };
     const mine = () => this.conn === conn;
     let dropped = false;
-    source.addEventListener('open', (event) => {
-      if (!mine() || event instanceof MessageEvent) return;
+    source.addEventListener('open', () => {
+      if (!mine()) return;
       // EventSource came back by itself, sending Last-Event-ID: a replay.
       if (dropped && this.lastId) this.beginResume();
       dropped = false;
       this.setConnected(true, null);
     });
-    source.addEventListener('error', (event) => {
-      if (!mine() || event instanceof MessageEvent) return;
+    source.addEventListener('error', () => {
+      if (!mine()) return;
       this.setConnected(false);
       if (source.readyState === EventSource.CONNECTING) {
         dropped = true;
@@ -152,15 +144,14 @@ export class EventLog {
         this.explainRefusal(url);
       }
     });
-    const onEvent = (message) => {
-      if (!mine() || !(message instanceof MessageEvent)) return;
+    source.addEventListener('message', (message) => {
+      if (!mine()) return;
       try {
         this.receive(JSON.parse(message.data), 'sse');
       } catch {
         // Not an envelope: not ours to show.
       }
-    };
-    for (const type of SSE_TYPES) source.addEventListener(type, onEvent);
+    });
     source.addEventListener(GAP, (message) => {
       if (!mine()) return;
       this.addGap(JSON.parse(message.data), 'sse');
