@@ -18,7 +18,11 @@ const WEB = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const ROOT = resolve(WEB, '..');
 const BIN = process.env.SLUICE_BIN || join(ROOT, 'target/debug/sluice');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SCREENSHOT = join(ROOT, 'docs/demo.png');
+// Written under target/ so that test runs leave the tree clean; to refresh
+// the README's picture: SCREENSHOT=docs/demo.png node --test web/tests/
+const SCREENSHOT = process.env.SCREENSHOT
+  ? join(ROOT, process.env.SCREENSHOT)
+  : join(ROOT, 'target/demo.png');
 /** Bound of every wait for the page. */
 const WAIT = 20_000;
 /** How long the log stays disconnected while events keep coming. */
