@@ -33,6 +33,7 @@ pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Respons
             "sse": "GET /sse/{topic}",
             "ndjson": "GET /ndjson?topics={topics}",
             "ws": "GET /ws?topics={topics}",
+            "history": "GET /history?topics={topics}&after={id}&limit={n}",
             "health": "GET /health",
             "clients": "GET /clients",
             "topics": "GET /topics",

@@ -3,6 +3,7 @@
 mod admin;
 mod demo;
 pub mod errors;
+mod history;
 mod ndjson;
 mod publish;
 mod sse;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stream", get(subscribe::stream))
         .route("/sse/{*topic}", get(subscribe::sse_path))
         .route("/ndjson", get(subscribe::ndjson))
+        .route("/history", get(history::history))
         .route("/ws", get(ws::upgrade))
         .merge(demo::routes())
         .fallback(errors::not_found)

@@ -42,7 +42,7 @@ pub(super) struct Params {
     tags: Vec<String>,
 }
 
-fn list(value: &str) -> impl Iterator<Item = String> + '_ {
+pub(super) fn list(value: &str) -> impl Iterator<Item = String> + '_ {
     value
         .split(',')
         .map(str::trim)

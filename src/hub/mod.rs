@@ -5,9 +5,11 @@
 //!                        (assigns ids)        (in id order)        │
 //! subscribe ─▶ Fanout::register ─▶ replay from the log ─▶ then the queue ─▶ transport
 //! ```
-//! Transports only see [`Hub::publish`] and [`Hub::subscribe`].
+//! Transports only see [`Hub::publish`], [`Hub::subscribe`] and
+//! [`Hub::history`].
 
 pub mod fanout;
+mod history;
 pub mod subscription;
 mod writer;
 
@@ -24,6 +26,7 @@ use crate::event::{EventId, NewEvent};
 use crate::log::memory::{MemoryLog, Retention};
 use crate::log::{EventLog, LogError, LogStats, TopicStats};
 use fanout::{ClientSnapshot, Fanout};
+pub use history::HistoryPage;
 use subscription::{SubscribeRequest, Subscription};
 use writer::Writer;
 
