@@ -23,20 +23,35 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where history lives. Only memory exists so far; the on-disk log and Redis
-/// are further backends of the same trait (`log::EventLog`).
+/// Where history lives: backends of one trait (`log::EventLog`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
+    /// In this process only: lost at exit.
     Memory,
+    /// An embedded log in `data_dir` (fjall): survives restarts and crashes.
+    Disk,
 }
 
 impl StorageKind {
     pub fn name(self) -> &'static str {
         match self {
             StorageKind::Memory => "memory",
+            StorageKind::Disk => "disk",
         }
     }
+}
+
+/// When the disk log syncs to stable storage (see docs/API.md for exactly
+/// what each promises).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Before every acknowledgement (concurrent publishes share one sync).
+    Always,
+    /// Every `fsync_interval`; each publish is written to the OS before it
+    /// is acknowledged.
+    Interval,
 }
 
 /// The resolved configuration of a running hub.
@@ -54,6 +69,15 @@ pub struct Config {
     /// Age after which events leave history.
     #[serde(with = "humantime_serde")]
     pub history_max_age: Duration,
+    /// Total size of the events kept in history.
+    pub history_max_bytes: ByteSize,
+    /// Where the disk log keeps its files (`storage = "disk"`).
+    pub data_dir: PathBuf,
+    /// When the disk log syncs to stable storage.
+    pub fsync: Fsync,
+    /// How often `fsync = "interval"` syncs.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
     /// Events a subscriber may have queued before it is cut off as too slow.
     pub subscriber_buffer: usize,
     /// The reconnection delay SSE clients are told to use.
@@ -92,6 +116,10 @@ impl Default for Config {
             storage: StorageKind::Memory,
             history_max_events: 10_000,
             history_max_age: Duration::from_secs(24 * 3600),
+            history_max_bytes: ByteSize::gib(1),
+            data_dir: "./sluice-data".into(),
+            fsync: Fsync::Interval,
+            fsync_interval: Duration::from_millis(100),
             subscriber_buffer: 1000,
             retry_ms: 5000,
             keepalive: Duration::from_secs(15),
@@ -139,6 +167,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_max_age: Option<String>,
+    /// Total size of history, e.g. 512MiB [default: 1GiB].
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_max_bytes: Option<String>,
+    /// Directory of the disk log [default: ./sluice-data].
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// When the disk log syncs: always or interval [default: interval].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<Fsync>,
+    /// Sync period of --fsync interval, e.g. 100ms [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_interval: Option<String>,
     /// Events queued per subscriber before it is cut off [default: 1000].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,6 +276,9 @@ impl Config {
         }
         if self.history_max_age.is_zero() {
             anyhow::bail!("history_max_age must be longer than zero");
+        }
+        if self.fsync_interval.is_zero() {
+            anyhow::bail!("fsync_interval must be longer than zero");
         }
         if self.max_body.as_u64() == 0 {
             anyhow::bail!("max_body must be at least 1 byte");

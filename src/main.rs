@@ -67,7 +67,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let (hub, hub_tasks) = Hub::start(&config, shutdown.clone());
+    let (hub, hub_tasks) = Hub::start(&config, shutdown.clone())?;
     let producers = Producers::start(hub.clone(), &config, shutdown.clone())?;
     let send_buffer = config.socket_send_buffer.map(|b| b.as_u64() as usize);
     let app = router(AppState {

@@ -22,9 +22,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::StorageKind;
 use crate::event::{EventId, NewEvent};
-use crate::log::memory::{MemoryLog, Retention};
-use crate::log::{EventLog, LogError, LogStats, TopicStats};
+use crate::log::disk::{DiskLog, DiskOptions};
+use crate::log::memory::MemoryLog;
+use crate::log::{EventLog, LogError, LogStats, Retention, TopicStats};
 use fanout::{ClientSnapshot, Fanout};
 pub use history::HistoryPage;
 use subscription::{SubscribeRequest, Subscription};
@@ -55,12 +57,26 @@ pub struct TopicView {
 
 impl Hub {
     /// Builds the hub from its configuration and starts its background tasks;
-    /// they stop when `shutdown` is cancelled and the hub is dropped.
-    pub fn start(config: &Config, shutdown: CancellationToken) -> (Arc<Hub>, JoinHandle<()>) {
-        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(Retention {
+    /// they stop when `shutdown` is cancelled and the hub is dropped. Fails
+    /// when history cannot be opened.
+    pub fn start(
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Arc<Hub>, JoinHandle<()>)> {
+        let retention = Retention {
             max_events: config.history_max_events,
             max_age: config.history_max_age,
-        }));
+            max_bytes: config.history_max_bytes.as_u64(),
+        };
+        let log: Arc<dyn EventLog> = match config.storage {
+            StorageKind::Memory => Arc::new(MemoryLog::new(retention)),
+            StorageKind::Disk => Arc::new(DiskLog::open(DiskOptions {
+                dir: config.data_dir.clone(),
+                fsync: config.fsync,
+                fsync_interval: config.fsync_interval,
+                retention,
+            })?),
+        };
         let fanout = Arc::new(Fanout::new(log.stats().head));
         let (writer, writer_task) = Writer::spawn(log.clone(), fanout.clone());
         let hub = Arc::new(Hub {
@@ -87,7 +103,7 @@ impl Hub {
             let _ = retention.await;
             let _ = writer_task.await;
         });
-        (hub, tasks)
+        Ok((hub, tasks))
     }
 
     /// Stores a batch (all or nothing) and returns its ids once it is in

@@ -3,27 +3,22 @@
 //! from the clock (see [`crate::event::EventId`]), and any id from before the
 //! start is reported as a gap.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
-use super::{EventLog, Gap, LogError, LogStats, ReadPage, ReadRequest, TopicStats};
+use super::{
+    EventLog, LogError, LogStats, ReadPage, ReadRequest, Retention, TopicStats, TopicTable,
+    gap_after,
+};
 use crate::event::{Event, EventId, IdGenerator, NewEvent, now_ms};
 
 /// Most events one read examines, so that a read for a rare topic holds the
 /// lock only briefly; the caller continues from the returned cursor.
 const SCAN_LIMIT: usize = 4096;
-
-/// What history keeps.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    pub max_events: usize,
-    pub max_age: Duration,
-}
 
 pub struct MemoryLog {
     inner: Mutex<Inner>,
@@ -37,12 +32,9 @@ struct Inner {
     /// everything issued after it is still here. A reader positioned below it
     /// has missed events.
     lost_through: EventId,
-    topics: HashMap<Box<str>, TopicEntry>,
-}
-
-struct TopicEntry {
-    retained: usize,
-    last_id: EventId,
+    topics: TopicTable,
+    /// Sum of `Event::approx_size` of the events held.
+    bytes: u64,
 }
 
 impl MemoryLog {
@@ -59,7 +51,8 @@ impl MemoryLog {
                 events: VecDeque::new(),
                 ids: IdGenerator::above(floor),
                 lost_through: floor,
-                topics: HashMap::new(),
+                topics: TopicTable::default(),
+                bytes: 0,
             }),
             retention,
         }
@@ -72,16 +65,12 @@ impl Inner {
             return;
         };
         self.lost_through = self.lost_through.max(event.id);
-        if let Some(entry) = self.topics.get_mut(&event.topic) {
-            entry.retained -= 1;
-            if entry.retained == 0 {
-                self.topics.remove(&event.topic);
-            }
-        }
+        self.bytes -= event.approx_size() as u64;
+        self.topics.removed(&event.topic);
     }
 
     fn enforce(&mut self, retention: Retention, now: DateTime<Utc>) {
-        while self.events.len() > retention.max_events {
+        while self.events.len() > retention.max_events || self.bytes > retention.max_bytes {
             self.evict_front();
         }
         let max_age =
@@ -96,16 +85,14 @@ impl Inner {
     }
 
     /// Where a read after `after` starts, and whether events were lost there.
-    fn start(&self, after: Option<EventId>) -> (usize, Option<Gap>) {
-        match after {
-            None => (0, None),
-            Some(after) if after < self.lost_through || after > self.ids.last() => (
-                0,
-                Some(Gap {
-                    oldest: self.events.front().map(|e| e.id),
-                }),
-            ),
-            Some(after) => (self.events.partition_point(|e| e.id <= after), None),
+    fn start(&self, after: Option<EventId>) -> (usize, Option<super::Gap>) {
+        let oldest = self.events.front().map(|e| e.id);
+        match (
+            after,
+            gap_after(after, self.lost_through, self.ids.last(), oldest),
+        ) {
+            (Some(after), None) => (self.events.partition_point(|e| e.id <= after), None),
+            (_, gap) => (0, gap),
         }
     }
 }
@@ -119,17 +106,8 @@ impl EventLog for MemoryLog {
         for new in batch {
             let id = inner.ids.next(ms);
             let event = Arc::new(Event::new(id, time, new));
-            inner
-                .topics
-                .entry(event.topic.clone())
-                .and_modify(|t| {
-                    t.retained += 1;
-                    t.last_id = id;
-                })
-                .or_insert(TopicEntry {
-                    retained: 1,
-                    last_id: id,
-                });
+            inner.topics.added(&event.topic, id);
+            inner.bytes += event.approx_size() as u64;
             inner.events.push_back(event.clone());
             appended.push(event);
         }
@@ -176,22 +154,14 @@ impl EventLog for MemoryLog {
     }
 
     fn topics(&self) -> Vec<TopicStats> {
-        let inner = self.inner.lock();
-        inner
-            .topics
-            .iter()
-            .map(|(name, t)| TopicStats {
-                name: name.clone(),
-                last_id: t.last_id,
-                retained: t.retained,
-            })
-            .collect()
+        self.inner.lock().topics.stats()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::Gap;
     use crate::topic::TopicFilter;
     use serde_json::value::RawValue;
 
@@ -206,7 +176,8 @@ mod tests {
     fn log(max_events: usize) -> MemoryLog {
         MemoryLog::new(Retention {
             max_events,
-            max_age: Duration::from_secs(3600),
+            max_age: std::time::Duration::from_secs(3600),
+            max_bytes: u64::MAX,
         })
     }
 

@@ -3,17 +3,109 @@
 //! The log is the source of truth. It assigns each event its id; an event
 //! exists once `append` has returned it. Replay and live delivery read the
 //! same ordered sequence, which is what makes the seam between them exact.
-//! Backends: [`memory::MemoryLog`] (the on-disk log and Redis Streams are to
-//! come as further implementations of [`EventLog`]).
+//! Backends: [`memory::MemoryLog`] and [`disk::DiskLog`] (Redis Streams is
+//! to come as a further implementation of [`EventLog`]).
 
+pub mod disk;
 pub mod memory;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::event::{Event, EventId, NewEvent};
 use crate::topic::TopicFilter;
+
+/// What history keeps: events beyond any of these limits are removed,
+/// oldest first.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_events: usize,
+    pub max_age: Duration,
+    /// Total size of the events kept (topic, type and data bytes, plus a
+    /// fixed overhead per event).
+    pub max_bytes: u64,
+}
+
+/// Whether a reader positioned after `after` has missed events: either
+/// some event after it was removed (`after` is below `lost_through`, the
+/// highest id that may have been issued and is no longer held), or the id
+/// was never issued here (it is above the last one issued).
+pub fn gap_after(
+    after: Option<EventId>,
+    lost_through: EventId,
+    last_issued: EventId,
+    oldest: Option<EventId>,
+) -> Option<Gap> {
+    let after = after?;
+    (after < lost_through || after > last_issued).then_some(Gap { oldest })
+}
+
+/// Per-topic counts of what history holds, for `/topics` and for finding
+/// the topics a pattern can match.
+#[derive(Debug, Default)]
+pub struct TopicTable(HashMap<Box<str>, TopicEntry>);
+
+#[derive(Debug)]
+struct TopicEntry {
+    retained: usize,
+    last_id: EventId,
+}
+
+impl TopicTable {
+    pub fn added(&mut self, topic: &str, id: EventId) {
+        match self.0.get_mut(topic) {
+            Some(entry) => {
+                entry.retained += 1;
+                entry.last_id = entry.last_id.max(id);
+            }
+            None => {
+                self.0.insert(
+                    topic.into(),
+                    TopicEntry {
+                        retained: 1,
+                        last_id: id,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn removed(&mut self, topic: &str) {
+        if let Some(entry) = self.0.get_mut(topic) {
+            entry.retained -= 1;
+            if entry.retained == 0 {
+                self.0.remove(topic);
+            }
+        }
+    }
+
+    /// The topics with events that `filter` matches.
+    pub fn matching<'a>(&'a self, filter: &'a TopicFilter) -> impl Iterator<Item = &'a str> {
+        self.0.keys().map(|t| &**t).filter(|t| filter.matches(t))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn stats(&self) -> Vec<TopicStats> {
+        self.0
+            .iter()
+            .map(|(name, t)| TopicStats {
+                name: name.clone(),
+                last_id: t.last_id,
+                retained: t.retained,
+            })
+            .collect()
+    }
+}
 
 /// Why the log could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,0 +1,286 @@
+//! The disk log (`--storage disk`): acknowledged events survive restarts and
+//! `kill -9`, ids continue upward, replay resumes across restarts, and a
+//! data directory that cannot be used stops start-up with a clear error.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Hub, client};
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A fresh, empty directory for one test's data.
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-disk-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn start_on(dir: &Path, extra: &[&str]) -> Hub {
+    let mut args = vec!["--storage", "disk", "--data-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Hub::start(&args).await
+}
+
+/// Every retained event of `topics` after `after` (or from the start),
+/// read over NDJSON until the event with id `last` arrives.
+async fn events_until(hub: &Hub, topics: &str, after: Option<&str>, last: &str) -> Vec<Value> {
+    let from = after.unwrap_or("earliest");
+    let mut lines =
+        common::ndjson(&hub.at(&format!("/ndjson?topics={topics}&last_event_id={from}"))).await;
+    let mut events = Vec::new();
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next())
+            .await
+            .expect("events in time")
+            .expect("stream open");
+        assert_ne!(line["type"], "sluice.gap", "no gap expected: {line}");
+        assert_ne!(
+            line["type"], "sluice.keepalive",
+            "history ended before {last}"
+        );
+        let done = line["id"] == last;
+        events.push(line);
+        if done {
+            return events;
+        }
+    }
+}
+
+/// Stops the hub with `signal` and waits until the process is gone (and
+/// with it the lock on its data directory).
+async fn stop(mut hub: Hub, signal: Signal) {
+    hub.signal(signal);
+    tokio::time::timeout(WAIT, hub.child.wait())
+        .await
+        .expect("the hub exits")
+        .unwrap();
+}
+
+fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[tokio::test]
+async fn events_and_ids_survive_a_restart() {
+    let dir = data_dir("restart");
+    let hub = start_on(&dir, &[]).await;
+    let (_, health) = hub.get_json("/health").await;
+    assert_eq!(health["storage"], "disk");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            hub.publish(if i % 2 == 0 { "even" } else { "odd" }, json!(i))
+                .await,
+        );
+    }
+    stop(hub, Signal::SIGTERM).await;
+
+    let hub = start_on(&dir, &[]).await;
+    assert_eq!(hub.get_json("/health").await.1["event_history_size"], 20);
+    // Resume from the middle: exactly what came after, for this topic.
+    let events = events_until(&hub, "even", Some(&ids[10]), &ids[18]).await;
+    let got: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(got, [&ids[12], &ids[14], &ids[16], &ids[18]]);
+    assert_eq!(events[0]["data"], 12);
+    // New ids continue above every earlier one.
+    let next = hub.publish("even", json!("after")).await;
+    assert!(id_order(&next) > id_order(ids.last().unwrap()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Publishers publish concurrently, recording each acknowledged id and its
+/// data; the hub is killed with SIGKILL at a random moment and restarted,
+/// five times on the same directory. After each restart every acknowledged
+/// event is there with its data, in id order, new ids are above all earlier
+/// ones, and resuming from any acknowledged id gives exactly what followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_at_five_random_moments() {
+    for fsync in ["interval", "always"] {
+        let dir = data_dir(&format!("crash-{fsync}"));
+        let acked: Arc<Mutex<BTreeMap<(u64, u64), (String, Value)>>> = Default::default();
+        for round in 0..5u64 {
+            let hub = Arc::new(
+                start_on(&dir, &["--fsync", fsync, "--history-max-events", "1000000"]).await,
+            );
+            let last_acked = acked
+                .lock()
+                .unwrap()
+                .values()
+                .last()
+                .map(|(id, _)| id.clone());
+            if let Some(last) = last_acked {
+                let new = hub.publish("probe", json!(round)).await;
+                assert!(
+                    id_order(&new) > id_order(&last),
+                    "ids continue upward after a crash"
+                );
+                acked
+                    .lock()
+                    .unwrap()
+                    .insert(id_order(&new), (new, json!(round)));
+            }
+            let publishers: Vec<_> = (0..4u64)
+                .map(|p| {
+                    let (hub, acked) = (hub.clone(), acked.clone());
+                    tokio::spawn(async move {
+                        let client = client();
+                        for n in 0.. {
+                            let data = json!({"round": round, "publisher": p, "n": n});
+                            let sent = client
+                                .post(hub.at("/publish"))
+                                .json(&json!({"topic": format!("crash/{p}"), "data": data}))
+                                .send()
+                                .await;
+                            // Once the hub is killed, requests fail: stop.
+                            let Ok(response) = sent else { return };
+                            let Ok(body) = response.json::<Value>().await else {
+                                return;
+                            };
+                            let id = body["id"].as_str().expect("an id").to_string();
+                            acked.lock().unwrap().insert(id_order(&id), (id, data));
+                        }
+                    })
+                })
+                .collect();
+            let moment = 150 + fastrand_ms(round) % 500;
+            tokio::time::sleep(Duration::from_millis(moment)).await;
+            hub.signal(Signal::SIGKILL);
+            for publisher in publishers {
+                publisher.await.unwrap();
+            }
+            stop(
+                Arc::into_inner(hub).expect("publishers are done"),
+                Signal::SIGKILL,
+            )
+            .await;
+
+            let hub = start_on(&dir, &["--fsync", fsync, "--history-max-events", "1000000"]).await;
+            let acked = acked.lock().unwrap().clone();
+            let last = acked.values().last().unwrap().0.clone();
+            let stored = events_until(&hub, "crash/*,probe", None, &last).await;
+            let stored: BTreeMap<(u64, u64), Value> = stored
+                .into_iter()
+                .map(|e| (id_order(e["id"].as_str().unwrap()), e["data"].clone()))
+                .collect();
+            for (key, (id, data)) in &acked {
+                assert_eq!(
+                    stored.get(key),
+                    Some(data),
+                    "{fsync}, round {round}: acknowledged event {id} lost or changed"
+                );
+            }
+            // Resume from acknowledged ids: exactly the stored events after
+            // each, up to the last acknowledged one.
+            let all: Vec<&(u64, u64)> = stored.keys().collect();
+            let last_key = id_order(&last);
+            for pick in [0, all.len() / 3, all.len() / 2] {
+                let id = &acked[all[pick]].0;
+                let resumed = events_until(&hub, "crash/*,probe", Some(id), &last).await;
+                let resumed: Vec<(u64, u64)> = resumed
+                    .iter()
+                    .map(|e| id_order(e["id"].as_str().unwrap()))
+                    .collect();
+                let expected: Vec<(u64, u64)> = all[pick + 1..]
+                    .iter()
+                    .map(|k| **k)
+                    .filter(|k| *k <= last_key)
+                    .collect();
+                assert_eq!(
+                    resumed, expected,
+                    "{fsync}, round {round}: resume after {id}"
+                );
+            }
+            stop(hub, Signal::SIGTERM).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A small deterministic spread of crash moments, different per round.
+fn fastrand_ms(round: u64) -> u64 {
+    (round * 7919 + std::process::id() as u64 * 104_729) % 997
+}
+
+#[tokio::test]
+async fn retention_gaps_are_remembered_across_restarts() {
+    let dir = data_dir("retention");
+    let hub = start_on(&dir, &["--history-max-events", "3"]).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(hub.publish("r", json!(i)).await);
+    }
+    stop(hub, Signal::SIGTERM).await;
+    let hub = start_on(&dir, &["--history-max-events", "3"]).await;
+    assert_eq!(hub.get_json("/health").await.1["event_history_size"], 3);
+    let mut lines =
+        common::ndjson(&hub.at(&format!("/ndjson?topics=r&last_event_id={}", ids[1]))).await;
+    let gap = tokio::time::timeout(WAIT, lines.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gap["type"], "sluice.gap");
+    assert_eq!(gap["data"], json!({"requested": ids[1], "oldest": ids[3]}));
+    let first = tokio::time::timeout(WAIT, lines.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first["id"], ids[3]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_refused() {
+    let dir = data_dir("locked");
+    let _running = start_on(&dir, &[]).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--storage",
+            "disk",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another running sluice"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_data_directory_is_refused() {
+    let file = data_dir("not-a-dir");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--storage",
+            "disk",
+            "--data-dir",
+        ])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("data directory"), "{stderr}");
+    std::fs::remove_file(&file).unwrap();
+}
