@@ -106,7 +106,7 @@ async fn events_and_ids_survive_a_restart() {
 async fn acknowledged_events_survive_kill_9_at_five_random_moments() {
     for fsync in ["interval", "always"] {
         let dir = data_dir(&format!("crash-{fsync}"));
-        let acked: Arc<Mutex<BTreeMap<(u64, u64), (String, Value)>>> = Default::default();
+        let acked: Arc<Mutex<Acked>> = Default::default();
         for round in 0..5u64 {
             let hub = Arc::new(
                 start_on(&dir, &["--fsync", fsync, "--history-max-events", "1000000"]).await,
@@ -204,6 +204,9 @@ async fn acknowledged_events_survive_kill_9_at_five_random_moments() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Acknowledged events by id order: the id as sent and the data.
+type Acked = BTreeMap<(u64, u64), (String, Value)>;
 
 /// A small deterministic spread of crash moments, different per round.
 fn fastrand_ms(round: u64) -> u64 {
