@@ -500,6 +500,27 @@ async fn a_slow_websocket_subscriber_is_closed_with_1013_and_others_go_on() {
 }
 
 #[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let hub = Hub::start(&[]).await;
+    let mut socket = connect(&hub, "/ws?topics=a").await;
+    socket.close(None).await.unwrap();
+    // tungstenite reports a clean close handshake as the end of the stream;
+    // without the hub's reply it reports an error instead.
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match socket.next().await {
+                None => return Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("the close completes in time");
+    assert_eq!(end, Ok(()), "clean close handshake");
+}
+
+#[tokio::test]
 async fn shutdown_closes_sockets_with_1001() {
     let hub = Hub::start(&[]).await;
     let mut socket = connect(&hub, "/ws?topics=a").await;

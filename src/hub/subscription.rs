@@ -85,6 +85,8 @@ pub struct Subscription {
     last_sent: Instant,
     keepalive_timer: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The same signal, checked between replay pages.
+    shutting_down: CancellationToken,
 }
 
 /// Everything needed to open a subscription.
@@ -136,7 +138,8 @@ impl Subscription {
             keepalive,
             last_sent: now,
             keepalive_timer: Box::pin(tokio::time::sleep_until(now + keepalive)),
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+            shutting_down: shutdown,
         }
     }
 
@@ -154,6 +157,9 @@ impl Subscription {
     /// The next item to send, or why the stream ends.
     pub async fn next(&mut self) -> Result<Item, End> {
         loop {
+            if self.shutting_down.is_cancelled() {
+                return Err(End::Closed);
+            }
             if let Some(replay) = &mut self.replay {
                 if let Some(event) = replay.pending.pop_front() {
                     replay.position = Some(event.id);

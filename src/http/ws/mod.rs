@@ -79,6 +79,8 @@ pub async fn upgrade(
 enum Step {
     Send(Message),
     Close(u16, &'static str),
+    /// The peer closed: send the queued reply, then stop.
+    Echo,
     Nothing,
     Stop,
 }
@@ -134,7 +136,10 @@ impl Session {
                 _ = shutdown.cancelled() => Step::Close(GOING_AWAY, "the hub is shutting down"),
                 _ = self.cut_off.cancelled() => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                 message = incoming.next() => match message {
-                    None | Some(Ok(Message::Close(_))) => Step::Stop,
+                    None => Step::Stop,
+                    // The library queued the reply to the peer's close
+                    // frame: flush it, so the close is clean on both sides.
+                    Some(Ok(Message::Close(_))) => Step::Echo,
                     Some(Ok(Message::Text(text))) => Step::Send(self.answer(&text).await),
                     Some(Ok(Message::Binary(_))) => {
                         Step::Close(UNSUPPORTED_DATA, "binary frames are not accepted: send JSON text")
@@ -179,6 +184,10 @@ impl Session {
             let (code, reason) = match step {
                 Step::Nothing => continue,
                 Step::Stop => break,
+                Step::Echo => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
+                    break;
+                }
                 Step::Send(message) => {
                     // A stalled peer blocks this send; being cut off ends it,
                     // and the close frame goes out once the peer reads again.
