@@ -240,10 +240,9 @@ async fn retention_gaps_are_remembered_across_restarts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test]
-async fn a_data_directory_in_use_is_refused() {
-    let dir = data_dir("locked");
-    let _running = start_on(&dir, &[]).await;
+/// Starts `sluice serve --storage disk` on `dir`, expects it to refuse to
+/// start, and returns what it said.
+async fn refused_start(dir: &Path) -> String {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "serve",
@@ -253,12 +252,19 @@ async fn a_data_directory_in_use_is_refused() {
             "disk",
             "--data-dir",
         ])
-        .arg(&dir)
+        .arg(dir)
         .output()
         .await
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "start-up must fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_refused() {
+    let dir = data_dir("locked");
+    let _running = start_on(&dir, &[]).await;
+    let stderr = refused_start(&dir).await;
     assert!(
         stderr.contains("in use by another running sluice"),
         "{stderr}"
@@ -269,21 +275,7 @@ async fn a_data_directory_in_use_is_refused() {
 async fn an_unusable_data_directory_is_refused() {
     let file = data_dir("not-a-dir");
     std::fs::write(&file, b"not a directory").unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--storage",
-            "disk",
-            "--data-dir",
-        ])
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&file).await;
     assert!(stderr.contains("data directory"), "{stderr}");
     std::fs::remove_file(&file).unwrap();
 }
