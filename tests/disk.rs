@@ -261,6 +261,28 @@ async fn refused_start(dir: &Path) -> String {
 }
 
 #[tokio::test]
+async fn a_batch_larger_than_history_keeps_its_newest_events() {
+    let dir = data_dir("big-batch");
+    let hub = start_on(&dir, &["--history-max-events", "3"]).await;
+    let body: String = (0..5)
+        .map(|i| format!("{{\"topic\":\"b\",\"data\":{i}}}\n"))
+        .collect();
+    let ids = hub.publish_batch(body).await;
+    assert_eq!(hub.get_json("/health").await.1["event_history_size"], 3);
+    let kept = events_until(&hub, "b", Some(&ids[1]), &ids[4]).await;
+    let kept: Vec<&str> = kept.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(kept, [&ids[2], &ids[3], &ids[4]]);
+    let mut lines =
+        common::ndjson(&hub.at(&format!("/ndjson?topics=b&last_event_id={}", ids[0]))).await;
+    let gap = tokio::time::timeout(WAIT, lines.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gap["type"], "sluice.gap", "ids[1] was never stored");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn a_data_directory_in_use_is_refused() {
     let dir = data_dir("locked");
     let _running = start_on(&dir, &[]).await;

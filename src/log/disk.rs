@@ -22,6 +22,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -76,6 +77,8 @@ struct Shared {
     persist: PersistMode,
     retention: Retention,
     state: Mutex<State>,
+    /// False after a write or sync failed: `/health` reports degraded.
+    healthy: AtomicBool,
 }
 
 /// What is known about the log without reading it: kept in step with every
@@ -203,6 +206,7 @@ impl DiskLog {
             },
             retention: options.retention,
             state: Mutex::new(state),
+            healthy: AtomicBool::new(true),
             db,
             events,
             by_topic,
@@ -298,6 +302,7 @@ fn spawn_syncer(log: Weak<Shared>, interval: Duration) {
                 std::thread::sleep(interval);
                 let Some(log) = log.upgrade() else { return };
                 if let Err(error) = log.db.persist(PersistMode::SyncAll) {
+                    log.healthy.store(false, Ordering::Relaxed);
                     tracing::error!(%error, "periodic fsync of the disk log failed");
                 }
             }
@@ -311,30 +316,52 @@ impl Shared {
         let mut state = self.state.lock();
         let mut ids = state.ids.clone();
         let mut write = self.db.batch().durability(Some(self.persist));
+        // A batch larger than history keeps only its newest events; the
+        // others are still published (dispatched live), just not stored.
+        let unstored = batch.len().saturating_sub(self.retention.max_events);
         let mut appended = Vec::with_capacity(batch.len());
-        for new in batch {
+        for (index, new) in batch.into_iter().enumerate() {
             let event = Event::new(ids.next(ms), time, new);
-            write.insert(&self.events, id_key(event.id), encode(&event));
-            write.insert(&self.by_topic, topic_key(&event.topic, event.id), []);
+            if index >= unstored {
+                write.insert(&self.events, id_key(event.id), encode(&event));
+                write.insert(&self.by_topic, topic_key(&event.topic, event.id), []);
+            }
             appended.push(Arc::new(event));
         }
         write.insert(&self.meta, META_LAST_ID, id_key(ids.last()));
-        let added: u64 = appended.iter().map(|e| e.approx_size() as u64).sum();
+        let stored = &appended[unstored..];
+        let added: u64 = stored.iter().map(|e| e.approx_size() as u64).sum();
         let evicted = self.plan_eviction(
             &mut write,
-            state.count + appended.len(),
+            state.count + stored.len(),
             state.bytes + added,
             time,
         )?;
-        write.commit().map_err(unavailable)?;
+        let lost = unstored.checked_sub(1).map(|last| appended[last].id);
+        if let Some(lost) = lost {
+            // After plan_eviction's own mark: the higher id wins.
+            write.insert(&self.meta, META_LOST_THROUGH, id_key(lost));
+        }
+        self.commit(write)?;
         state.ids = ids;
-        for event in &appended {
+        for event in stored {
             state.count += 1;
             state.bytes += event.approx_size() as u64;
             state.topics.added(&event.topic, event.id);
         }
         state.forget(&evicted);
+        if let Some(lost) = lost {
+            state.lost_through = state.lost_through.max(lost);
+        }
         Ok(appended)
+    }
+
+    /// Commits a write batch, and records whether the disk takes writes:
+    /// after a failed write or sync, fjall refuses writes until restarted.
+    fn commit(&self, write: fjall::OwnedWriteBatch) -> Result<(), LogError> {
+        let result = write.commit();
+        self.healthy.store(result.is_ok(), Ordering::Relaxed);
+        result.map_err(unavailable)
     }
 
     /// Adds to `write` the removal of the oldest events beyond retention,
@@ -382,7 +409,7 @@ impl Shared {
         if evicted.is_empty() {
             return Ok(());
         }
-        write.commit().map_err(unavailable)?;
+        self.commit(write)?;
         state.forget(&evicted);
         Ok(())
     }
@@ -397,7 +424,8 @@ impl Shared {
             .matching(&request.filter)
             .map(String::from)
             .collect();
-        drop(state);
+        // The state stays locked for the read: retention cannot remove
+        // events between the gap check above and the read below.
         let mut page = if matching.len() <= INDEX_TOPICS {
             self.read_indexed(&matching, after, request.until, request.limit)?
         } else {
@@ -559,6 +587,10 @@ impl EventLog for DiskLog {
 
     fn topics(&self) -> Vec<TopicStats> {
         self.shared.state.lock().topics.stats()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
     }
 }
 
