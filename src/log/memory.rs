@@ -283,6 +283,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_bound_history_too() {
+        let log = MemoryLog::new(Retention {
+            max_events: 1000,
+            max_age: std::time::Duration::from_secs(3600),
+            max_bytes: 3 * 66,
+        });
+        // Each event is 1 topic byte + 1 data byte + 64 of overhead.
+        let evs = log.append((0..5).map(|_| new("a")).collect()).await.unwrap();
+        assert_eq!(log.stats().retained, 3);
+        assert_eq!(log.stats().oldest, Some(evs[2].id));
+    }
+
+    #[tokio::test]
     async fn topic_stats_follow_retention() {
         let log = log(2);
         log.append(vec![new("a"), new("b"), new("b")])
