@@ -290,7 +290,10 @@ mod tests {
             max_bytes: 3 * 66,
         });
         // Each event is 1 topic byte + 1 data byte + 64 of overhead.
-        let evs = log.append((0..5).map(|_| new("a")).collect()).await.unwrap();
+        let evs = log
+            .append((0..5).map(|_| new("a")).collect())
+            .await
+            .unwrap();
         assert_eq!(log.stats().retained, 3);
         assert_eq!(log.stats().oldest, Some(evs[2].id));
     }
