@@ -275,15 +275,7 @@ async fn bad_demo_settings_stop_start_up_with_a_clear_error() {
         (&["--demo", "--demo-producers", "clock,weather"], "weather"),
     ];
     for (args, says) in cases {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .output()
-            .await
-            .unwrap();
-        assert!(!output.status.success(), "{args:?} must fail");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = common::refused_start(args.iter()).await;
         let errors: Vec<&str> = stderr
             .lines()
             .filter(|l| l.starts_with("sluice:"))

@@ -240,24 +240,16 @@ async fn retention_gaps_are_remembered_across_restarts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Starts `sluice serve --storage disk` on `dir`, expects it to refuse to
-/// start, and returns what it said.
+/// Starts on `dir`, expects start-up to be refused, returns the error.
 async fn refused_start(dir: &Path) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--storage",
-            "disk",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success(), "start-up must fail");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let dir = dir.as_os_str();
+    common::refused_start([
+        "--storage".as_ref(),
+        "disk".as_ref(),
+        "--data-dir".as_ref(),
+        dir,
+    ])
+    .await
 }
 
 #[tokio::test]

@@ -152,14 +152,7 @@ async fn bad_settings_stop_start_up_with_a_clear_error() {
         &["serve", "--config", "/nonexistent/sluice.toml"],
         &["serve", "--subscriber-buffer", "0"],
     ] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .output()
-            .await
-            .unwrap();
-        assert!(!output.status.success(), "{args:?} must fail");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = common::refused_start(&args[1..]).await;
         assert!(
             stderr.lines().count() <= 12 && !stderr.is_empty(),
             "{args:?}: a short, clear error, got {stderr}"

@@ -205,6 +205,25 @@ pub fn assert_contiguous(published: &[String], received: &[String]) {
     }
 }
 
+/// Runs `sluice serve ARGS` on an ephemeral port, expects start-up to be
+/// refused, and returns what it wrote on stderr.
+pub async fn refused_start<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .args(&args)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .expect("sluice runs");
+    assert!(!output.status.success(), "{args:?}: start-up must fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
