@@ -134,6 +134,20 @@ impl Hub {
         kill(Pid::from_raw(self.pid() as i32), signal).expect("signal delivered");
     }
 
+    /// Waits for the hub to exit after `since` (when it was signalled) and
+    /// asserts that it exited successfully within the 5 s shutdown allows.
+    /// Returns how long it took.
+    pub async fn assert_exits_cleanly(&mut self, since: std::time::Instant) -> Duration {
+        let status = tokio::time::timeout(Duration::from_secs(6), self.child.wait())
+            .await
+            .expect("the hub exits")
+            .expect("its status is readable");
+        let took = since.elapsed();
+        assert!(status.success(), "exit status {status}");
+        assert!(took < Duration::from_secs(5), "exited after {took:?}");
+        took
+    }
+
     /// Resident memory of the hub process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
