@@ -26,9 +26,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // made once, at start: its size does not matter
 enum Command {
     /// Run the hub.
     Serve(ServeArgs),
+    /// Publish an event, or one per line of standard input.
+    Pub(sluice::client::publish::PubArgs),
+    /// Print the events of topics as they arrive, resuming across reconnections.
+    Sub(sluice::client::subscribe::SubArgs),
+    /// Stream a data set (JSON array or NDJSON) into a topic at a steady rate.
+    Replay(sluice::client::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +43,9 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Pub(args) => runtime.block_on(args.run()),
+        Command::Sub(args) => runtime.block_on(args.run()),
+        Command::Replay(args) => runtime.block_on(args.run()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
