@@ -43,7 +43,7 @@ pub struct PubArgs {
     /// (blank lines are skipped).
     pub data: Option<String>,
     /// Type of the events.
-    #[arg(long = "type")]
+    #[arg(long = "type", value_name = "TYPE")]
     pub kind: Option<String>,
     /// Print only `published N events` at the end, instead of each id.
     #[arg(long, short)]

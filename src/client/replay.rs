@@ -34,7 +34,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub topic: String,
     /// Type of the events.
-    #[arg(long = "type")]
+    #[arg(long = "type", value_name = "TYPE")]
     pub kind: Option<String>,
     /// Events per second (`10/s`, `5`), per minute (`600/m`) or per hour (`/h`).
     #[arg(long, default_value = "4/s")]
