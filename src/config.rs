@@ -95,6 +95,9 @@ pub struct Config {
     /// default when unset. Smaller values bound the memory a stalled reader
     /// holds and let the hub notice it sooner.
     pub socket_send_buffer: Option<ByteSize>,
+    /// Announce connections and subscription changes on `$sys/clients` and
+    /// `$sys/subscriptions` (stored in history like any event).
+    pub lifecycle_events: bool,
     /// Run the demo producers (`producers`): live sample data on real topics.
     pub demo: bool,
     /// The demo producers to run, comma-separated; each runs only if named.
@@ -127,6 +130,7 @@ impl Default for Config {
             max_body: ByteSize::mib(1),
             cors_origins: "*".into(),
             socket_send_buffer: None,
+            lifecycle_events: true,
             demo: false,
             demo_producers: crate::producers::NAMES.join(","),
             demo_symbols: "AAPL,GOOGL".into(),
@@ -211,6 +215,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_send_buffer: Option<String>,
+    /// Publish lifecycle events on $sys/clients and $sys/subscriptions:
+    /// true or false [default: true].
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle_events: Option<bool>,
     /// Run the demo producers: live sample data on real topics.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod log;
+pub mod metrics;
 pub mod producers;
 pub mod server;
 pub mod topic;

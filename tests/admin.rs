@@ -36,7 +36,8 @@ fn is_time(value: &Value) -> bool {
 
 #[tokio::test]
 async fn the_index_describes_the_hub() {
-    let hub = Hub::start(&[]).await;
+    // Counts only this test's events: no lifecycle events in history.
+    let hub = Hub::start(&["--lifecycle-events", "false"]).await;
     let (status, index) = hub.get_json("/").await;
     assert_eq!(status, 200);
     assert_eq!(index["status"], "running");
@@ -76,7 +77,7 @@ async fn the_index_describes_the_hub() {
 
 #[tokio::test]
 async fn health_counts_clients_and_history() {
-    let hub = Hub::start(&["--history-max-events", "3"]).await;
+    let hub = Hub::start(&["--history-max-events", "3", "--lifecycle-events", "false"]).await;
     let (status, health) = hub.get_json("/health").await;
     assert_eq!(status, 200);
     assert_eq!(health["status"], "healthy");
@@ -219,7 +220,7 @@ async fn clients_lists_each_subscriber_and_what_it_received() {
 
 #[tokio::test]
 async fn topics_shows_last_id_retention_and_subscribers() {
-    let hub = Hub::start(&["--history-max-events", "4"]).await;
+    let hub = Hub::start(&["--history-max-events", "4", "--lifecycle-events", "false"]).await;
     let (status, topics) = hub.get_json("/topics").await;
     assert_eq!(status, 200);
     assert_eq!(topics, json!({ "topics": [] }));

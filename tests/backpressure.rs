@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Hub, stream_client};
+use common::{Hub, stalled_subscriber, stream_client};
 use futures_util::StreamExt;
 
 /// Events are published in batches of this many, one batch per tick.
@@ -119,13 +119,7 @@ async fn run(scenario: Scenario) {
     let stream_url = hub.at("/stream?topics=load");
 
     // The stalled subscriber: sends its request, then never reads.
-    let addr = hub.url.trim_start_matches("http://").to_string();
-    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        stalled,
-        "GET /stream?topics=load&client_name=stalled HTTP/1.1\r\nHost: {addr}\r\n\r\n"
-    )
-    .unwrap();
+    let mut stalled = stalled_subscriber(&hub, "load", "stalled").await;
 
     let (last_tx, last_rx) = tokio::sync::watch::channel(None);
     let readers: Vec<_> = (0..reader_count)

@@ -143,7 +143,7 @@ async fn an_ndjson_batch_gets_its_ids_in_order_and_is_delivered_in_order() {
 
 #[tokio::test]
 async fn a_batch_with_one_bad_line_is_refused_whole_and_names_the_line() {
-    let hub = Hub::start(&[]).await;
+    let hub = Hub::start(&["--lifecycle-events", "false"]).await;
     let mut live = sse(&hub.at("/stream?topics=**"), None).await;
     let good = r#"{"topic":"batch","data":1}"#;
     let cases = [
@@ -166,7 +166,7 @@ async fn a_batch_with_one_bad_line_is_refused_whole_and_names_the_line() {
         (
             format!("{good}\n{{\"topic\":\"$sys/x\",\"data\":1}}\n"),
             2,
-            "invalid_topic",
+            "forbidden_topic",
         ),
         (
             format!(
@@ -178,9 +178,10 @@ async fn a_batch_with_one_bad_line_is_refused_whole_and_names_the_line() {
         (format!("not json\n{good}\n"), 1, "invalid_json"),
     ];
     for (body, line, code) in cases {
+        let status = if code == "forbidden_topic" { 403 } else { 400 };
         let message = expect_error(
             post(&hub, "/publish", NDJSON, body.clone()).await,
-            400,
+            status,
             code,
         )
         .await;
@@ -216,7 +217,7 @@ async fn a_batch_with_one_bad_line_is_refused_whole_and_names_the_line() {
 
 #[tokio::test]
 async fn post_to_a_topic_path_publishes_the_raw_body() {
-    let hub = Hub::start(&[]).await;
+    let hub = Hub::start(&["--lifecycle-events", "false"]).await;
     let mut lines = Raw::open(&hub.at("/ndjson?topics=a/b/c")).await;
 
     // A text body becomes a JSON string, whatever its Content-Type.
@@ -245,16 +246,22 @@ async fn post_to_a_topic_path_publishes_the_raw_body() {
     assert_eq!(line["data"], json!({ "k": [1, 2] }));
 
     // The same rules as /publish apply to the path topic, type and body.
-    for (path, content_type, body, code) in [
-        ("/topics/a/b/c", JSON, "{\"k\":", "invalid_json"),
-        ("/topics/a/b/c?type=sluice.gap", None, "x", "invalid_type"),
-        ("/topics/%24sys/x", None, "x", "invalid_topic"),
-        ("/topics/a%20b", None, "x", "invalid_topic"),
-        ("/topics/tr*", None, "x", "invalid_topic"),
-        ("/topics/a//b", None, "x", "invalid_topic"),
+    for (path, content_type, body, status, code) in [
+        ("/topics/a/b/c", JSON, "{\"k\":", 400, "invalid_json"),
+        (
+            "/topics/a/b/c?type=sluice.gap",
+            None,
+            "x",
+            400,
+            "invalid_type",
+        ),
+        ("/topics/%24sys/x", None, "x", 403, "forbidden_topic"),
+        ("/topics/a%20b", None, "x", 400, "invalid_topic"),
+        ("/topics/tr*", None, "x", 400, "invalid_topic"),
+        ("/topics/a//b", None, "x", 400, "invalid_topic"),
     ] {
         let response = post(&hub, path, content_type, body).await;
-        expect_error(response, 400, code).await;
+        expect_error(response, status, code).await;
     }
     // A text body must be UTF-8.
     let response = post(&hub, "/topics/a/b/c", None, vec![0xff, 0xfe]).await;
@@ -264,7 +271,7 @@ async fn post_to_a_topic_path_publishes_the_raw_body() {
 
 #[tokio::test]
 async fn bodies_over_max_body_are_413_with_or_without_content_length() {
-    let hub = Hub::start(&["--max-body", "1KiB"]).await;
+    let hub = Hub::start(&["--max-body", "1KiB", "--lifecycle-events", "false"]).await;
     let mut stream = sse(&hub.at("/stream?topics=big"), None).await;
 
     // Exactly at the limit is accepted.
@@ -377,7 +384,13 @@ fn bad_topics_and_types() -> Vec<Bad> {
     .into_iter()
     .map(|topic| bad("/publish", JSON, event(topic), 400, "invalid_topic"))
     .collect();
-    cases.push(bad("/publish", JSON, event("$sys/x"), 400, "invalid_topic"));
+    cases.push(bad(
+        "/publish",
+        JSON,
+        event("$sys/x"),
+        403,
+        "forbidden_topic",
+    ));
     for kind in ["sluice.gap", "sluice.keepalive", "", "a\nb"] {
         cases.push(bad("/publish", JSON, typed(kind), 400, "invalid_type"));
     }
@@ -419,7 +432,7 @@ async fn malformed_json_and_wrong_shapes_are_400() {
 }
 
 #[tokio::test]
-async fn bad_topics_reserved_topics_and_reserved_types_are_400() {
+async fn bad_topics_and_reserved_types_are_400_and_reserved_topics_403() {
     let hub = Hub::start(&[]).await;
     for case in bad_topics_and_types() {
         send_bad(&hub, &case).await;
@@ -463,7 +476,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
 /// else, and history holds exactly them.
 #[tokio::test]
 async fn bad_input_loses_nothing_and_breaks_nothing() {
-    let hub = Hub::start(&["--max-body", "1KiB"]).await;
+    let hub = Hub::start(&["--max-body", "1KiB", "--lifecycle-events", "false"]).await;
     let mut stream = sse(&hub.at("/stream?topics=**"), None).await;
     let mut cases = unsupported_media_types();
     cases.extend(malformed_json());

@@ -52,7 +52,7 @@ async fn the_header_wins_over_the_query_parameter() {
 
 #[tokio::test]
 async fn earliest_replays_everything_retained() {
-    let hub = Hub::start(&["--history-max-events", "3"]).await;
+    let hub = Hub::start(&["--history-max-events", "3", "--lifecycle-events", "false"]).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(hub.publish("e", json!(i)).await);
@@ -65,7 +65,7 @@ async fn earliest_replays_everything_retained() {
 
 #[tokio::test]
 async fn an_id_lost_to_retention_gets_a_gap_event_then_the_oldest() {
-    let hub = Hub::start(&["--history-max-events", "3"]).await;
+    let hub = Hub::start(&["--history-max-events", "3", "--lifecycle-events", "false"]).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(hub.publish("g", json!(i)).await);

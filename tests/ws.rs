@@ -7,67 +7,16 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::ws::{close_code, command, connect, next_json, ws_url};
 use common::{Hub, SteadyPublisher, assert_contiguous, next_event, sse};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn ws_url(hub: &Hub, path: &str) -> String {
-    format!("{}{}", hub.url.replacen("http://", "ws://", 1), path)
-}
-
-async fn connect(hub: &Hub, path: &str) -> Socket {
-    let (socket, response) = connect_async(ws_url(hub, path)).await.expect("upgrade");
-    assert_eq!(response.status(), 101);
-    socket
-}
-
-/// The next text frame as JSON, skipping pings.
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("no socket error");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON text frame"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn command(socket: &mut Socket, command: Value) -> Value {
-    socket
-        .send(Message::text(command.to_string()))
-        .await
-        .unwrap();
-    next_json(socket).await
-}
-
-/// Reads until the server's close frame and returns its code.
-async fn close_code(socket: &mut Socket) -> u16 {
-    loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("closed in time");
-        match message {
-            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-            Some(Ok(Message::Close(None))) => panic!("close without a code"),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
 
 #[tokio::test]
 async fn events_arrive_as_envelope_text_frames() {
@@ -218,7 +167,7 @@ async fn malformed_commands_get_error_frames_and_the_socket_stays_open() {
         (
             r#"{"op":"publish","topic":"$sys","data":1}"#,
             Some("publish"),
-            "invalid_topic",
+            "forbidden_topic",
         ),
         (
             r#"{"op":"publish","topic":"a","type":"sluice.gap","data":1}"#,
@@ -306,7 +255,7 @@ async fn bad_upgrades_are_plain_http_errors() {
 
 #[tokio::test]
 async fn replay_from_the_url_or_a_subscribe_command_and_gaps() {
-    let hub = Hub::start(&["--history-max-events", "3"]).await;
+    let hub = Hub::start(&["--history-max-events", "3", "--lifecycle-events", "false"]).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(hub.publish("r", json!(i)).await);

@@ -11,6 +11,11 @@ use crate::log::LogError;
 use crate::topic::TopicError;
 use crate::validate::InvalidEvent;
 
+/// The code of an error response, attached to it so that the metrics
+/// layer can count rejections by reason.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejected(pub &'static str);
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -35,7 +40,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(Rejected(self.code));
+        response
     }
 }
 
@@ -52,11 +59,17 @@ impl From<TopicError> for ApiError {
 
 impl From<InvalidEvent> for ApiError {
     fn from(error: InvalidEvent) -> Self {
-        let code = match &error {
-            InvalidEvent::Line { error, .. } => invalid_event_code(error),
-            other => invalid_event_code(other),
+        let cause = match &error {
+            InvalidEvent::Line { error, .. } => error,
+            other => other,
         };
-        Self::bad_request(code, error.to_string())
+        match cause {
+            // The hub's own topics: the request is understood, and refused.
+            InvalidEvent::Topic(TopicError::Reserved(_)) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden_topic", error.to_string())
+            }
+            other => Self::bad_request(invalid_event_code(other), error.to_string()),
+        }
     }
 }
 
@@ -97,4 +110,42 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this endpoint does not take that method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate;
+
+    #[test]
+    fn publishing_to_a_reserved_topic_is_forbidden() {
+        let single =
+            ApiError::from(validate::json_event(br#"{"topic":"$sys/x","data":1}"#).unwrap_err());
+        assert_eq!(
+            (single.status, single.code),
+            (StatusCode::FORBIDDEN, "forbidden_topic")
+        );
+        let batch = b"{\"topic\":\"a\",\"data\":1}\n{\"topic\":\"$sys/clients\",\"data\":1}\n";
+        let batch = ApiError::from(validate::ndjson_batch(batch).unwrap_err());
+        assert_eq!(
+            (batch.status, batch.code),
+            (StatusCode::FORBIDDEN, "forbidden_topic")
+        );
+        assert!(batch.message.starts_with("line 2: "), "{}", batch.message);
+        let other =
+            ApiError::from(validate::json_event(br#"{"topic":"a/$b","data":1}"#).unwrap_err());
+        assert_eq!(
+            (other.status, other.code),
+            (StatusCode::BAD_REQUEST, "invalid_topic")
+        );
+    }
+
+    #[test]
+    fn an_error_response_carries_its_code_for_the_metrics() {
+        let response = ApiError::bad_request("no_topics", "none").into_response();
+        assert_eq!(
+            response.extensions().get::<Rejected>().map(|r| r.0),
+            Some("no_topics")
+        );
+    }
 }

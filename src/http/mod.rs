@@ -4,6 +4,7 @@ mod admin;
 mod demo;
 pub mod errors;
 mod history;
+mod metrics;
 mod ndjson;
 mod publish;
 mod sse;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -38,13 +40,18 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
+    let timed = || from_fn_with_state(state.clone(), metrics::time_publish);
     Router::new()
         .route("/", get(admin::index))
         .route("/health", get(admin::health))
+        .route("/metrics", get(metrics::metrics))
         .route("/clients", get(admin::clients))
         .route("/topics", get(admin::topics))
-        .route("/publish", post(publish::publish))
-        .route("/topics/{*topic}", post(publish::publish_to_topic))
+        .route("/publish", post(publish::publish).route_layer(timed()))
+        .route(
+            "/topics/{*topic}",
+            post(publish::publish_to_topic).route_layer(timed()),
+        )
         .route("/stream", get(subscribe::stream))
         .route("/sse/{*topic}", get(subscribe::sse_path))
         .route("/ndjson", get(subscribe::ndjson))
@@ -53,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(demo::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), metrics::count_rejections))
         .layer(cors)
         .with_state(state)
 }

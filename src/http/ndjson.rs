@@ -6,11 +6,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::subscribe::body;
 use crate::frame::{self, GAP_TYPE, KEEPALIVE_TYPE};
+use crate::hub::presence::Presence;
 use crate::hub::subscription::{Item, Subscription};
 
-pub fn response(subscription: Subscription) -> Response {
-    let body = body(subscription, None, |item| match item {
-        Item::Event(event) => event.envelope_line().clone(),
+pub fn response(subscription: Subscription, presence: Presence) -> Response {
+    let body = body(subscription, presence, None, |item| match item {
+        Item::Event { event, .. } => event.envelope_line().clone(),
         Item::Gap { requested, oldest } => frame::control_line(
             GAP_TYPE,
             Some(frame::gap_payload(&requested.to_string(), oldest)),

@@ -6,14 +6,21 @@ use axum::response::{IntoResponse, Response};
 
 use super::subscribe::body;
 use crate::frame;
+use crate::hub::presence::Presence;
 use crate::hub::subscription::{Item, Subscription};
 
-pub fn response(subscription: Subscription, retry_ms: u64, envelope: bool) -> Response {
+pub fn response(
+    subscription: Subscription,
+    presence: Presence,
+    retry_ms: u64,
+    envelope: bool,
+) -> Response {
     let body = body(
         subscription,
+        presence,
         Some(frame::sse_retry(retry_ms)),
         move |item| match item {
-            Item::Event(event) => event.sse_frame(envelope).clone(),
+            Item::Event { event, .. } => event.sse_frame(envelope).clone(),
             Item::Gap { requested, oldest } => frame::sse_gap(&requested.to_string(), oldest),
             Item::KeepAlive => frame::sse_keepalive(),
         },

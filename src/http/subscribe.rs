@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::ApiError;
 use super::{AppState, ndjson, sse};
-use crate::hub::fanout::ClientInfo;
+use crate::hub::fanout::{ClientInfo, Transport};
+use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
 use crate::server::ConnInfo;
 use crate::topic::TopicFilter;
@@ -168,19 +169,27 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
         state.config.max_topics,
     )?;
     let transport = match format {
-        Format::Sse => "sse",
-        Format::Ndjson => "ndjson",
+        Format::Sse => Transport::Sse,
+        Format::Ndjson => Transport::Ndjson,
     };
     let info = client_info(&params, conn.as_ref(), transport);
+    let topics = filter.listed().map(String::from).collect();
+    let on_cut_off = conn.map_or_else(CancellationToken::new, |c| c.close);
     let subscription = state.hub.subscribe(SubscribeRequest {
         filter,
         resume: params.resume,
-        info,
-        on_cut_off: conn.map_or_else(CancellationToken::new, |c| c.close),
+        info: info.clone(),
+        on_cut_off: on_cut_off.clone(),
     });
+    let presence = state.hub.connect(info, topics, on_cut_off);
     Ok(match format {
-        Format::Sse => sse::response(subscription, state.config.retry_ms, params.envelope),
-        Format::Ndjson => ndjson::response(subscription),
+        Format::Sse => sse::response(
+            subscription,
+            presence,
+            state.config.retry_ms,
+            params.envelope,
+        ),
+        Format::Ndjson => ndjson::response(subscription, presence),
     })
 }
 
@@ -188,7 +197,7 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
 pub(super) fn client_info(
     params: &Params,
     conn: Option<&ConnInfo>,
-    transport: &'static str,
+    transport: Transport,
 ) -> Arc<ClientInfo> {
     Arc::new(ClientInfo {
         client_id: uuid::Uuid::new_v4().to_string(),
@@ -232,22 +241,50 @@ pub async fn ndjson(
 
 /// A streaming body: an optional preamble, then each item of the
 /// subscription encoded by `encode`. A clean end (shutdown) finishes the
-/// response properly so the client reconnects; a cut-off aborts it.
-pub fn body<F>(subscription: Subscription, preamble: Option<Bytes>, encode: F) -> Body
+/// response properly so the client reconnects; a cut-off aborts it. The
+/// connection's presence lives as long as the body, and counts what it
+/// hands to hyper for the socket.
+pub fn body<F>(
+    subscription: Subscription,
+    presence: Presence,
+    preamble: Option<Bytes>,
+    encode: F,
+) -> Body
 where
     F: Fn(Item) -> Bytes + Copy + Send + Sync + 'static,
 {
-    let items = stream::unfold(Some(subscription), move |state| async move {
-        let mut subscription = state?;
+    if let Some(preamble) = &preamble {
+        presence.sent(preamble.len());
+    }
+    let items = stream::unfold(Some((subscription, presence)), move |state| async move {
+        let (mut subscription, mut presence) = state?;
         match subscription.next().await {
-            Ok(item) => Some((Ok(encode(item)), Some(subscription))),
-            Err(End::Closed | End::Failed) => None,
-            Err(End::CutOff) => Some((
-                Err(std::io::Error::other(
-                    "subscriber fell behind and was cut off",
-                )),
-                None,
-            )),
+            Ok(item) => {
+                let delivered = match &item {
+                    Item::Event { dispatched, .. } => Some(*dispatched),
+                    _ => None,
+                };
+                let bytes = encode(item);
+                presence.sent(bytes.len());
+                if let Some(dispatched) = delivered {
+                    presence.delivered(dispatched);
+                }
+                Some((Ok(bytes), Some((subscription, presence))))
+            }
+            Err(End::Closed) => None,
+            Err(End::Failed) => {
+                presence.end(Reason::Error);
+                None
+            }
+            Err(End::CutOff) => {
+                presence.end(Reason::Slow);
+                Some((
+                    Err(std::io::Error::other(
+                        "subscriber fell behind and was cut off",
+                    )),
+                    None,
+                ))
+            }
         }
     });
     Body::from_stream(stream::iter(preamble.map(Ok)).chain(items))

@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -21,7 +22,26 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Event, EventId};
+use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
+
+/// How a subscriber is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    Ndjson,
+    Ws,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ndjson => "ndjson",
+            Transport::Ws => "ws",
+        }
+    }
+}
 
 /// Who a subscriber is, for `/clients`, and what it has received.
 #[derive(Debug)]
@@ -29,7 +49,7 @@ pub struct ClientInfo {
     pub client_id: String,
     pub client_name: Option<String>,
     pub tags: Vec<String>,
-    pub transport: &'static str,
+    pub transport: Transport,
     pub remote_addr: Option<SocketAddr>,
     pub connected_at: DateTime<Utc>,
     pub events_received: AtomicU64,
@@ -43,8 +63,15 @@ pub struct ClientSnapshot {
     pub queue_size: usize,
 }
 
+/// A live event in a subscriber's queue, with when the fan-out queued it
+/// (one `Instant` per dispatch, copied into each entry: no allocation).
+pub struct Queued {
+    pub event: Arc<Event>,
+    pub dispatched: Instant,
+}
+
 struct Subscriber {
-    queue: mpsc::Sender<Arc<Event>>,
+    queue: mpsc::Sender<Queued>,
     filter: Arc<TopicFilter>,
     info: Arc<ClientInfo>,
     /// Cancelled to close the subscriber's connection when it is cut off.
@@ -64,20 +91,20 @@ struct Registry {
 /// The live subscriber registry.
 pub struct Fanout {
     registry: Mutex<Registry>,
-    slow_disconnects: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// What `register` hands back to a new subscriber.
 pub struct Registration {
     pub id: u64,
-    pub queue: mpsc::Receiver<Arc<Event>>,
+    pub queue: mpsc::Receiver<Queued>,
     /// Events up to this id are not delivered live: replay them from the log.
     pub head: EventId,
 }
 
 impl Fanout {
     /// A registry whose first live event comes after `head` (the log's head).
-    pub fn new(head: EventId) -> Self {
+    pub fn new(head: EventId, metrics: Arc<Metrics>) -> Self {
         Fanout {
             registry: Mutex::new(Registry {
                 next_id: 0,
@@ -86,8 +113,12 @@ impl Fanout {
                 wildcard: Vec::new(),
                 head,
             }),
-            slow_disconnects: AtomicU64::new(0),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn register(
@@ -139,6 +170,9 @@ impl Fanout {
     /// Hands events, in id order, to every matching subscriber's queue.
     /// Never waits: a full queue cuts its subscriber off.
     pub fn dispatch(&self, events: &[Arc<Event>]) {
+        let published = events.iter().filter(|e| !e.topic.starts_with('$')).count();
+        self.metrics.events_published.inc_by(published as u64);
+        let dispatched = Instant::now();
         let mut reg = self.registry.lock();
         let mut cut_off = Vec::new();
         for event in events {
@@ -148,7 +182,11 @@ impl Fanout {
                 .iter()
                 .filter(|id| reg.subscribers[*id].filter.matches(&event.topic));
             for id in exact.unwrap_or_default().iter().chain(wildcard) {
-                match reg.subscribers[id].queue.try_send(event.clone()) {
+                let queued = Queued {
+                    event: event.clone(),
+                    dispatched,
+                };
+                match reg.subscribers[id].queue.try_send(queued) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => cut_off.push(*id),
                     // The subscription is being dropped; it unregisters itself.
@@ -159,10 +197,19 @@ impl Fanout {
             // Remove at once, so a cut-off subscriber gets no later event.
             for id in cut_off.drain(..) {
                 if let Some(sub) = reg.remove(id) {
-                    self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.slow_disconnects.inc();
+                    let info = &sub.info;
                     tracing::warn!(
-                        client_id = %sub.info.client_id,
-                        remote = ?sub.info.remote_addr,
+                        client_id = %info.client_id,
+                        client_name = info.client_name.as_deref().unwrap_or(""),
+                        transport = info.transport.as_str(),
+                        topics = ?sub.filter.listed().collect::<Vec<_>>(),
+                        // Its queue is full: it is at least this many
+                        // events behind, plus this one.
+                        queued = sub.queue.max_capacity(),
+                        last_event_id = ?*info.last_event_id.lock(),
+                        undelivered_id = %event.id,
+                        remote = ?info.remote_addr,
                         "subscriber fell behind its buffer and was disconnected"
                     );
                     sub.on_cut_off.cancel();
@@ -177,7 +224,7 @@ impl Fanout {
 
     /// Subscribers cut off as too slow since start.
     pub fn slow_disconnects(&self) -> u64 {
-        self.slow_disconnects.load(Ordering::Relaxed)
+        self.metrics.slow_disconnects.get()
     }
 
     pub fn clients(&self) -> Vec<ClientSnapshot> {

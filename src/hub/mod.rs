@@ -5,11 +5,13 @@
 //!                        (assigns ids)        (in id order)        │
 //! subscribe ─▶ Fanout::register ─▶ replay from the log ─▶ then the queue ─▶ transport
 //! ```
-//! Transports only see [`Hub::publish`], [`Hub::subscribe`] and
-//! [`Hub::history`].
+//! Transports only see [`Hub::publish`], [`Hub::subscribe`],
+//! [`Hub::history`] and [`Hub::connect`].
 
 pub mod fanout;
 mod history;
+pub mod presence;
+mod scrape;
 pub mod subscription;
 mod writer;
 
@@ -27,8 +29,10 @@ use crate::event::{EventId, NewEvent};
 use crate::log::disk::{DiskLog, DiskOptions};
 use crate::log::memory::MemoryLog;
 use crate::log::{EventLog, LogError, LogStats, Retention, TopicStats};
+use crate::metrics::Metrics;
 use fanout::{ClientSnapshot, Fanout};
 pub use history::HistoryPage;
+use presence::Lifecycle;
 use subscription::{SubscribeRequest, Subscription};
 use writer::Writer;
 
@@ -39,6 +43,9 @@ pub struct Hub {
     log: Arc<dyn EventLog>,
     fanout: Arc<Fanout>,
     writer: Writer,
+    /// Where connections send their lifecycle events.
+    lifecycle: Lifecycle,
+    metrics: Arc<Metrics>,
     storage: &'static str,
     subscriber_buffer: usize,
     keepalive: Duration,
@@ -77,12 +84,17 @@ impl Hub {
                 retention,
             })?),
         };
-        let fanout = Arc::new(Fanout::new(log.stats().head));
+        let metrics = Arc::new(Metrics::new(config.storage.name()));
+        let fanout = Arc::new(Fanout::new(log.stats().head, metrics.clone()));
         let (writer, writer_task) = Writer::spawn(log.clone(), fanout.clone());
+        let (lifecycle, lifecycle_task) =
+            Lifecycle::spawn(config.lifecycle_events, writer.clone(), metrics.clone());
         let hub = Arc::new(Hub {
             log: log.clone(),
             fanout,
             writer,
+            lifecycle,
+            metrics,
             storage: config.storage.name(),
             subscriber_buffer: config.subscriber_buffer,
             keepalive: config.keepalive,
@@ -101,6 +113,8 @@ impl Hub {
         });
         let tasks = tokio::spawn(async move {
             let _ = retention.await;
+            // Holds a writer: the writer ends after it.
+            let _ = lifecycle_task.await;
             let _ = writer_task.await;
         });
         Ok((hub, tasks))

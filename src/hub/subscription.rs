@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::fanout::{ClientInfo, Fanout};
+use super::fanout::{ClientInfo, Fanout, Queued};
 use crate::event::{Event, EventId};
 use crate::log::{EventLog, ReadRequest};
 use crate::topic::TopicFilter;
@@ -40,7 +40,12 @@ pub enum Resume {
 /// What a transport writes next.
 #[derive(Debug)]
 pub enum Item {
-    Event(Arc<Event>),
+    Event {
+        event: Arc<Event>,
+        /// For a live event, when the fan-out queued it (`None` when
+        /// replayed from history): the start of its fan-out latency.
+        dispatched: Option<std::time::Instant>,
+    },
     /// History no longer reaches back to `requested`; delivery goes on from
     /// `oldest`, the oldest event retained.
     Gap {
@@ -79,7 +84,7 @@ pub struct Subscription {
     fanout: Arc<Fanout>,
     filter: Arc<TopicFilter>,
     info: Arc<ClientInfo>,
-    queue: mpsc::Receiver<Arc<Event>>,
+    queue: mpsc::Receiver<Queued>,
     replay: Option<Replay>,
     keepalive: Duration,
     last_sent: Instant,
@@ -119,6 +124,9 @@ impl Subscription {
             Resume::Earliest => None,
             Resume::After(id) => Some(id),
         };
+        if request.resume != Resume::Live {
+            fanout.metrics().replays.inc();
+        }
         let replay = (request.resume != Resume::Live).then(|| Replay {
             cursor,
             position: cursor,
@@ -163,7 +171,7 @@ impl Subscription {
             if let Some(replay) = &mut self.replay {
                 if let Some(event) = replay.pending.pop_front() {
                     replay.position = Some(event.id);
-                    return Ok(self.deliver(event));
+                    return Ok(self.deliver(event, None));
                 }
                 if replay.done {
                     self.replay = None;
@@ -192,6 +200,7 @@ impl Subscription {
                 };
                 replay.done = page.done;
                 if let (Some(gap), Some(requested)) = (page.gap, requested) {
+                    self.fanout.metrics().gaps.inc();
                     return Ok(Item::Gap {
                         requested,
                         oldest: gap.oldest,
@@ -202,9 +211,9 @@ impl Subscription {
             tokio::select! {
                 biased;
                 _ = &mut self.shutdown => return Err(End::Closed),
-                event = self.queue.recv() => {
-                    return match event {
-                        Some(event) => Ok(self.deliver(event)),
+                queued = self.queue.recv() => {
+                    return match queued {
+                        Some(Queued { event, dispatched }) => Ok(self.deliver(event, Some(dispatched))),
                         None => Err(End::CutOff),
                     };
                 }
@@ -222,11 +231,11 @@ impl Subscription {
         }
     }
 
-    fn deliver(&mut self, event: Arc<Event>) -> Item {
+    fn deliver(&mut self, event: Arc<Event>, dispatched: Option<std::time::Instant>) -> Item {
         self.info.events_received.fetch_add(1, Ordering::Relaxed);
         *self.info.last_event_id.lock() = Some(event.id);
         self.last_sent = Instant::now();
-        Item::Event(event)
+        Item::Event { event, dispatched }
     }
 }
 

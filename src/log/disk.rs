@@ -580,6 +580,7 @@ impl EventLog for DiskLog {
         let state = self.shared.state.lock();
         LogStats {
             retained: state.count,
+            bytes: state.bytes,
             oldest: self.shared.oldest().ok().flatten(),
             head: state.ids.last(),
         }

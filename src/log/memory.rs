@@ -148,6 +148,7 @@ impl EventLog for MemoryLog {
         let inner = self.inner.lock();
         LogStats {
             retained: inner.events.len(),
+            bytes: inner.bytes,
             oldest: inner.events.front().map(|e| e.id),
             head: inner.ids.last(),
         }

@@ -161,6 +161,8 @@ pub struct TopicStats {
 #[derive(Debug, Clone, Copy)]
 pub struct LogStats {
     pub retained: usize,
+    /// The retained events' size, as `history_max_bytes` counts it.
+    pub bytes: u64,
     pub oldest: Option<EventId>,
     /// The last id issued, retained or not (for a fresh log, the floor below
     /// which every id counts as lost history).

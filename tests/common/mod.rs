@@ -2,6 +2,8 @@
 //! port and talks to it over real sockets, as users do.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod ws;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -314,4 +316,50 @@ where
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(body(tx));
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Opens an SSE subscription to `topic`, with `client_name` `name`, that
+/// never reads, and returns once the hub lists it in `/clients`.
+pub async fn stalled_subscriber(hub: &Hub, topic: &str, name: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "GET /stream?topics={topic}&client_name={name} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    for _ in 0..200 {
+        let (_, clients) = hub.get_json("/clients").await;
+        if clients["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client_name"] == name)
+        {
+            return stalled;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never subscribed");
+}
+
+/// Publishes 64 KiB events to `topic` until the hub has cut off one more
+/// subscriber as too slow (by `slow_disconnects` of `/health`); gives up
+/// after 64 MiB.
+pub async fn publish_until_cut_off(hub: &Hub, topic: &str) {
+    let slow = || async {
+        hub.get_json("/health").await.1["slow_disconnects"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = slow().await;
+    let filler = "x".repeat(64 * 1024);
+    for _ in 0..1024 {
+        hub.publish(topic, json!(filler)).await;
+        if slow().await > before {
+            return;
+        }
+    }
+    panic!("no subscriber of {topic} was cut off");
 }

@@ -11,7 +11,8 @@
 
 mod command;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{
@@ -19,6 +20,7 @@ use axum::extract::ws::{
     rejection::WebSocketUpgradeRejection,
 };
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -27,8 +29,10 @@ use super::AppState;
 use super::errors::ApiError;
 use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
 use crate::frame::{self, GAP_TYPE};
-use crate::hub::fanout::ClientInfo;
+use crate::hub::fanout::{ClientInfo, Transport};
+use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
+use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
 use command::Command;
 
@@ -78,18 +82,22 @@ pub async fn upgrade(
 /// What the loop does next.
 enum Step {
     Send(Message),
+    /// An event's frame; a live event was queued at the instant given.
+    Deliver(Utf8Bytes, Option<Instant>),
     Close(u16, &'static str),
     /// The peer closed: send the queued reply, then stop.
     Echo,
     Nothing,
-    Stop,
+    Stop(Reason),
 }
+
+type Sink = SplitSink<WebSocket, Message>;
 
 struct Session {
     state: AppState,
-    info: std::sync::Arc<ClientInfo>,
-    /// The topics as the client listed them, in order.
-    topics: Vec<String>,
+    info: Arc<ClientInfo>,
+    /// The connection, and the topics as the client listed them, in order.
+    presence: Presence,
     subscription: Option<Subscription>,
     /// Cancelled by the fan-out when this socket falls behind its buffer.
     cut_off: CancellationToken,
@@ -102,26 +110,21 @@ impl Session {
         conn: Option<&crate::server::ConnInfo>,
         filter: Option<TopicFilter>,
     ) -> Session {
-        let mut session = Session {
-            info: client_info(&params, conn, "ws"),
+        let info = client_info(&params, conn, Transport::Ws);
+        let cut_off = CancellationToken::new();
+        let topics = filter
+            .as_ref()
+            .map_or_else(Vec::new, |f| f.listed().map(String::from).collect());
+        let subscription =
+            filter.map(|filter| open(&state, &info, &cut_off, filter, params.resume));
+        let presence = state.hub.connect(info.clone(), topics, cut_off.clone());
+        Session {
             state,
-            topics: params.topics,
-            subscription: None,
-            cut_off: CancellationToken::new(),
-        };
-        if let Some(filter) = filter {
-            session.subscription = Some(session.open(filter, params.resume));
+            info,
+            presence,
+            subscription,
+            cut_off,
         }
-        session
-    }
-
-    fn open(&self, filter: TopicFilter, resume: Resume) -> Subscription {
-        self.state.hub.subscribe(SubscribeRequest {
-            filter,
-            resume,
-            info: self.info.clone(),
-            on_cut_off: self.cut_off.clone(),
-        })
     }
 
     async fn run(mut self, socket: WebSocket) {
@@ -136,7 +139,7 @@ impl Session {
                 _ = shutdown.cancelled() => Step::Close(GOING_AWAY, "the hub is shutting down"),
                 _ = self.cut_off.cancelled() => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                 message = incoming.next() => match message {
-                    None => Step::Stop,
+                    None => Step::Stop(Reason::Closed),
                     // The library queued the reply to the peer's close
                     // frame: flush it, so the close is clean on both sides.
                     Some(Ok(Message::Close(_))) => Step::Echo,
@@ -153,12 +156,13 @@ impl Session {
                     Some(Err(error)) if is_too_big(&error) => {
                         Step::Close(MESSAGE_TOO_BIG, "message larger than the limit (--max-body)")
                     }
-                    Some(Err(_)) => Step::Stop,
+                    Some(Err(_)) => Step::Stop(Reason::Error),
                 },
                 item = next_item(&mut self.subscription) => match item {
-                    Ok(Item::Event(event)) => Step::Send(Message::Text(
+                    Ok(Item::Event { event, dispatched }) => Step::Deliver(
                         Utf8Bytes::try_from(event.envelope_json()).expect("JSON is UTF-8"),
-                    )),
+                        dispatched,
+                    ),
                     Ok(Item::Gap { requested, oldest }) => Step::Send(Message::Text(
                         frame::control_json(
                             GAP_TYPE,
@@ -181,54 +185,95 @@ impl Session {
                     }
                 }
             };
-            let (code, reason) = match step {
+            let (message, delivered) = match step {
                 Step::Nothing => continue,
-                Step::Stop => break,
+                Step::Stop(reason) => {
+                    self.presence.end(reason);
+                    break;
+                }
                 Step::Echo => {
+                    self.presence.end(Reason::Closed);
                     let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
                     break;
                 }
-                Step::Send(message) => {
-                    // A stalled peer blocks this send; being cut off ends it,
-                    // and the close frame goes out once the peer reads again.
-                    tokio::select! {
-                        sent = sink.send(message) => match sent {
-                            Ok(()) => continue,
-                            Err(_) => break,
-                        },
-                        _ = self.cut_off.cancelled() => (TRY_AGAIN_LATER, TOO_SLOW),
-                    }
+                Step::Close(code, reason) => {
+                    self.close(&mut sink, code, reason).await;
+                    break;
                 }
-                Step::Close(code, reason) => (code, reason),
+                Step::Send(message) => (message, None),
+                Step::Deliver(text, dispatched) => (Message::Text(text), Some(dispatched)),
             };
-            let frame = CloseFrame {
-                code,
-                reason: reason.into(),
+            let bytes = match &message {
+                Message::Text(text) => text.len(),
+                _ => 0,
             };
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
-            break;
+            // A stalled peer blocks this send; being cut off ends it, and
+            // the close frame goes out once the peer reads again.
+            tokio::select! {
+                sent = sink.send(message) => match sent {
+                    Ok(()) => {
+                        self.presence.sent(bytes);
+                        if let Some(dispatched) = delivered {
+                            self.presence.delivered(dispatched);
+                        }
+                    }
+                    Err(_) => {
+                        self.presence.end(Reason::Error);
+                        break;
+                    }
+                },
+                _ = self.cut_off.cancelled() => {
+                    self.close(&mut sink, TRY_AGAIN_LATER, TOO_SLOW).await;
+                    break;
+                }
+            }
         }
+    }
+
+    /// Sends a close frame, with up to `CLOSE_GRACE` for it to go out.
+    async fn close(&mut self, sink: &mut Sink, code: u16, reason: &'static str) {
+        self.presence.end(match code {
+            GOING_AWAY => Reason::Shutdown,
+            TRY_AGAIN_LATER => Reason::Slow,
+            POLICY_VIOLATION => Reason::Expired,
+            _ => Reason::Error,
+        });
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
     }
 
     /// Carries out one command and returns the reply frame.
     async fn answer(&mut self, text: &str) -> Message {
+        let received = Instant::now();
+        let hub = self.state.hub.clone();
+        let refuse = |op: Option<&str>, error: ApiError| refusal(hub.metrics(), op, error);
         let reply = match command::parse(text) {
-            Err(refused) => refusal(refused.op.as_deref(), refused.error),
+            Err(refused) => refuse(refused.op.as_deref(), refused.error),
             Ok(Command::Ping) => json!({ "ok": true, "op": "pong" }),
-            Ok(Command::Publish(event)) => match self.state.hub.publish(vec![event]).await {
-                Ok(ids) => json!({ "ok": true, "op": "publish", "id": ids[0] }),
-                Err(error) => refusal(Some("publish"), error.into()),
+            Ok(Command::Publish(event)) => match hub.publish(vec![event]).await {
+                Ok(ids) => {
+                    hub.metrics().published_in(received);
+                    json!({ "ok": true, "op": "publish", "id": ids[0] })
+                }
+                Err(error) => refuse(Some("publish"), error.into()),
             },
             Ok(Command::Subscribe {
                 topics,
                 last_event_id,
             }) => match self.subscribe(topics, last_event_id.as_deref()) {
-                Ok(()) => json!({ "ok": true, "op": "subscribe", "topics": self.topics }),
-                Err(error) => refusal(Some("subscribe"), error),
+                Ok(()) => {
+                    json!({ "ok": true, "op": "subscribe", "topics": self.presence.topics() })
+                }
+                Err(error) => refuse(Some("subscribe"), error),
             },
             Ok(Command::Unsubscribe { topics }) => match self.unsubscribe(&topics) {
-                Ok(()) => json!({ "ok": true, "op": "unsubscribe", "topics": self.topics }),
-                Err(error) => refusal(Some("unsubscribe"), error),
+                Ok(()) => {
+                    json!({ "ok": true, "op": "unsubscribe", "topics": self.presence.topics() })
+                }
+                Err(error) => refuse(Some("unsubscribe"), error),
             },
         };
         Message::Text(reply.to_string().into())
@@ -249,7 +294,7 @@ impl Session {
                  one ordered stream; unsubscribe from everything, or open a new socket, to resume",
             ));
         }
-        let mut listed = self.topics.clone();
+        let mut listed = self.presence.topics().to_vec();
         for topic in topics {
             if !listed.contains(&topic) {
                 listed.push(topic);
@@ -258,23 +303,50 @@ impl Session {
         let filter = TopicFilter::parse(listed.iter().map(String::as_str), max)?;
         match &mut self.subscription {
             Some(subscription) => subscription.set_filter(filter),
-            None => self.subscription = Some(self.open(filter, resume.unwrap_or(Resume::Live))),
+            None => {
+                let resume = resume.unwrap_or(Resume::Live);
+                let opened = open(&self.state, &self.info, &self.cut_off, filter, resume);
+                self.subscription = Some(opened);
+            }
         }
-        self.topics = listed;
+        self.presence.set_topics(listed);
         Ok(())
     }
 
     fn unsubscribe(&mut self, topics: &[String]) -> Result<(), ApiError> {
         TopicFilter::parse(topics.iter().map(String::as_str), usize::MAX)?;
-        self.topics.retain(|t| !topics.contains(t));
-        if self.topics.is_empty() {
+        let remaining: Vec<String> = self
+            .presence
+            .topics()
+            .iter()
+            .filter(|t| !topics.contains(t))
+            .cloned()
+            .collect();
+        if remaining.is_empty() {
             self.subscription = None;
         } else if let Some(subscription) = &mut self.subscription {
-            let filter = TopicFilter::parse(self.topics.iter().map(String::as_str), usize::MAX)?;
+            let filter = TopicFilter::parse(remaining.iter().map(String::as_str), usize::MAX)?;
             subscription.set_filter(filter);
         }
+        self.presence.set_topics(remaining);
         Ok(())
     }
+}
+
+/// Opens the socket's subscription.
+fn open(
+    state: &AppState,
+    info: &Arc<ClientInfo>,
+    cut_off: &CancellationToken,
+    filter: TopicFilter,
+    resume: Resume,
+) -> Subscription {
+    state.hub.subscribe(SubscribeRequest {
+        filter,
+        resume,
+        info: info.clone(),
+        on_cut_off: cut_off.clone(),
+    })
 }
 
 const TOO_SLOW: &str = "too slow: fell behind its buffer; reconnect with last_event_id";
@@ -287,8 +359,10 @@ async fn next_item(subscription: &mut Option<Subscription>) -> Result<Item, End>
     }
 }
 
-/// An error frame: `{"ok": false, "op"?, "error": {"code", "message"}}`.
-fn refusal(op: Option<&str>, error: ApiError) -> Value {
+/// An error frame: `{"ok": false, "op"?, "error": {"code", "message"}}`,
+/// counted as a rejection.
+fn refusal(metrics: &Metrics, op: Option<&str>, error: ApiError) -> Value {
+    metrics.rejected(error.code);
     let mut reply = json!({
         "ok": false,
         "error": { "code": error.code, "message": error.message },
