@@ -36,6 +36,8 @@ enum Command {
     Sub(sluice::client::subscribe::SubArgs),
     /// Stream a data set (JSON array or NDJSON) into a topic at a steady rate.
     Replay(sluice::client::replay::ReplayArgs),
+    /// Load the hub and measure it: publish throughput, replay speed.
+    Bench(sluice::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => runtime.block_on(args.run()),
         Command::Sub(args) => runtime.block_on(args.run()),
         Command::Replay(args) => runtime.block_on(args.run()),
+        Command::Bench(args) => runtime.block_on(args.run()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

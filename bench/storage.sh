@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The storage benchmark (docs/BENCHMARKS.md, "Storage"): publish throughput
+# and latency, and replay speed, with history in memory and on disk (fsync
+# every interval, or before every acknowledgement).
+#
+# For each storage configuration it starts a release build of the hub on a
+# free port of 127.0.0.1 with a fresh data directory, runs `sluice bench`
+# against it (all traffic stays on this machine), stops it, and at the end
+# prints markdown tables of the medians of REPEAT runs of each scenario.
+#
+#   bash bench/storage.sh                  # about 3 minutes after the build
+#   REPEAT=5 DURATION=5s bash bench/storage.sh
+#
+# The raw JSON of every run is kept in a temporary directory, named at the
+# end. The hub and the bench share the machine's cores: the tables show
+# both one's CPU time, so that a reader can tell which one was the limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPEAT="${REPEAT:-3}"
+DURATION="${DURATION:-3s}"
+
+cargo build --release --quiet
+BIN="${CARGO_TARGET_DIR:-target}/release/sluice"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-storage-bench.XXXXXX")"
+INDEX="$WORK/index.tsv"
+: >"$INDEX"
+
+HUB_PID=
+stop_hub() {
+  if [ -n "$HUB_PID" ]; then
+    kill -TERM "$HUB_PID" 2>/dev/null || true
+    wait "$HUB_PID" 2>/dev/null || true
+    HUB_PID=
+  fi
+  rm -rf "$WORK/data"
+}
+trap stop_hub EXIT
+
+# start_hub SERVE-ARGS...: starts a hub with an empty data directory, sets
+# HUB_PID and HUB_URL.
+start_hub() {
+  rm -rf "$WORK/data"
+  # History large enough that no run loses events to retention, nor spends
+  # time on it.
+  "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" \
+    --history-max-events 100000000 --history-max-bytes 64GiB \
+    --log-level warn "$@" >"$WORK/hub.out" 2>>"$WORK/hub.log" &
+  HUB_PID=$!
+  HUB_URL=
+  for _ in $(seq 200); do
+    HUB_URL="$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/hub.out")"
+    [ -n "$HUB_URL" ] && return
+    kill -0 "$HUB_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the hub ($*) did not start:" >&2
+  cat "$WORK/hub.log" >&2
+  exit 1
+}
+
+# measure STORAGE SERVE-ARGS -- SCENARIO BENCH-ARGS...: REPEAT runs of one
+# scenario, each against a new hub with an empty history, so that no run
+# reads or scans what an earlier one left.
+measure() {
+  local storage="$1" serve=() run file
+  shift
+  while [ "$1" != -- ]; do
+    serve+=("$1")
+    shift
+  done
+  local scenario="$2"
+  shift 2
+  for run in $(seq "$REPEAT"); do
+    start_hub "${serve[@]}"
+    file="$WORK/$(echo "$storage $scenario $run" | tr -c 'a-zA-Z0-9\n' _).json"
+    "$BIN" bench "$@" --url "$HUB_URL" --hub-pid "$HUB_PID" --json >"$file"
+    printf '%s\t%s\t%s\n' "$storage" "$scenario" "$file" >>"$INDEX"
+    stop_hub
+  done
+}
+
+for config in "memory|--storage memory" \
+  "disk, fsync interval|--storage disk --fsync interval" \
+  "disk, fsync always|--storage disk --fsync always"; do
+  storage="${config%%|*}"
+  read -r -a serve <<<"${config#*|}"
+  echo "$storage: ingest, replay ($REPEAT runs each)" >&2
+  measure "$storage" "${serve[@]}" -- "single, 1 publisher" \
+    ingest --mode single -c 1 --duration "$DURATION"
+  measure "$storage" "${serve[@]}" -- "single, 32 publishers" \
+    ingest --mode single -c 32 --duration "$DURATION"
+  measure "$storage" "${serve[@]}" -- "batches of 100, 4 publishers" \
+    ingest --mode batch --batch-size 100 -c 4 --duration "$DURATION"
+  measure "$storage" "${serve[@]}" -- "100k events" replay --events 100k
+  measure "$storage" "${serve[@]}" -- "1k events among 100k others" \
+    replay --events 1k --noise 100k
+done
+
+echo "Machine: $(nproc) cores, $(free -h | awk '/^Mem:/ {print $2}') of memory," \
+  "Linux $(uname -r), ulimit -n $(ulimit -n); hub and bench on the same machine."
+echo
+python3 - "$INDEX" "$REPEAT" <<'EOF'
+import json, statistics, sys
+from collections import OrderedDict
+
+index, repeat = sys.argv[1], sys.argv[2]
+runs = OrderedDict()
+for line in open(index):
+    storage, scenario, path = line.rstrip("\n").split("\t")
+    runs.setdefault((storage, scenario), []).append(json.load(open(path)))
+
+def median(reports, field):
+    values = [r for r in (extract(rep, field) for rep in reports) if r is not None]
+    return statistics.median(values) if values else None
+
+def extract(report, field):
+    for key in field.split("."):
+        report = report[key]
+    return report
+
+def spread(reports, field):
+    values = [extract(r, field) for r in reports]
+    low, high = min(values), max(values)
+    mid = statistics.median(values)
+    return f"±{(high - low) / 2 / mid * 100:.0f}%" if mid else "–"
+
+def count(n):
+    return f"{round(n):,}"
+
+def fixed(n, digits):
+    return "–" if n is None else f"{n:.{digits}f}"
+
+def ms(us):
+    ms = us / 1000
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+print(f"Medians of {repeat} runs; spread is half the range of events/s over the median.\n")
+print("### Publishing\n")
+print("| Storage | Publishing | events/s | spread | requests/s | p50 ms | p99 ms | hub CPU µs/event | hub cores | bench cores |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for (storage, scenario), reports in runs.items():
+    if reports[0]["scenario"] != "ingest":
+        continue
+    assert all(r["errors"] == 0 for r in reports), f"{storage}, {scenario}: errors"
+    print(f"| {storage} | {scenario} | {count(median(reports, 'events_per_second'))} "
+          f"| {spread(reports, 'events_per_second')} "
+          f"| {count(median(reports, 'requests_per_second'))} "
+          f"| {ms(median(reports, 'latency.p50_us'))} | {ms(median(reports, 'latency.p99_us'))} "
+          f"| {fixed(median(reports, 'cpu.hub_us_per_event'), 1)} "
+          f"| {fixed(median(reports, 'cpu.hub_cores'), 2)} "
+          f"| {fixed(median(reports, 'cpu.bench_cores'), 2)} |")
+print("\n### Replay\n")
+print("| Storage | Replay from `earliest` | events/s | spread | MB/s | first event ms | hub CPU µs/event | hub cores | bench cores |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+for (storage, scenario), reports in runs.items():
+    if reports[0]["scenario"] != "replay":
+        continue
+    assert all(r["received"] == r["expected"] for r in reports), f"{storage}, {scenario}: lost events"
+    print(f"| {storage} | {scenario} | {count(median(reports, 'events_per_second'))} "
+          f"| {spread(reports, 'events_per_second')} "
+          f"| {fixed(median(reports, 'mb_per_second'), 1)} "
+          f"| {fixed(median(reports, 'first_event_ms'), 1)} "
+          f"| {fixed(median(reports, 'cpu.hub_us_per_event'), 1)} "
+          f"| {fixed(median(reports, 'cpu.hub_cores'), 2)} "
+          f"| {fixed(median(reports, 'cpu.bench_cores'), 2)} |")
+EOF
+echo "Raw results (JSON, one file per run): $WORK" >&2
