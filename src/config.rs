@@ -16,6 +16,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::log::{Retention, RetentionRules};
+use crate::topic::Pattern;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -108,6 +111,28 @@ pub struct Config {
     /// Data set the `measurements` producer replays (JSON array or NDJSON);
     /// the sample embedded in the binary when unset.
     pub dataset: Option<PathBuf>,
+    /// How long a publish's idempotency key is remembered: a retry with the
+    /// same key within it is answered with the original id.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Settings for the topics that match a pattern: the `[[topics]]`
+    /// tables of the config file, the first matching one applying.
+    pub topics: Vec<TopicSettings>,
+}
+
+/// A `[[topics]]` table: settings for each topic matching `pattern`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// A topic or pattern, as in a subscription (`metrics/**`).
+    pub pattern: String,
+    /// Events kept per matching topic.
+    pub history_max_events: Option<usize>,
+    /// Age after which a matching topic's events leave history.
+    #[serde(default, with = "humantime_serde")]
+    pub history_max_age: Option<Duration>,
+    /// Total size kept per matching topic.
+    pub history_max_bytes: Option<ByteSize>,
 }
 
 impl Default for Config {
@@ -116,7 +141,7 @@ impl Default for Config {
             listen: "127.0.0.1:8000".into(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
-            storage: StorageKind::Memory,
+            storage: StorageKind::Disk,
             history_max_events: 10_000,
             history_max_age: Duration::from_secs(24 * 3600),
             history_max_bytes: ByteSize::gib(1),
@@ -135,6 +160,8 @@ impl Default for Config {
             demo_producers: crate::producers::NAMES.join(","),
             demo_symbols: "AAPL,GOOGL".into(),
             dataset: None,
+            idempotency_window: Duration::from_secs(600),
+            topics: Vec::new(),
         }
     }
 }
@@ -159,7 +186,7 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
-    /// History backend [default: memory].
+    /// History backend [default: disk].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageKind>,
@@ -238,14 +265,27 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dataset: Option<PathBuf>,
+    /// How long idempotency keys are remembered, e.g. 10m [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_window: Option<String>,
 }
 
 impl Config {
     /// Merges all sources, in order of precedence.
     pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        // Settings with a value of their own; tables (`topics`) live only
+        // in the file.
         let known: HashSet<String> = serde_json::to_value(Config::default())
             .ok()
-            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .and_then(|v| {
+                v.as_object().map(|o| {
+                    o.iter()
+                        .filter(|(_, value)| !value.is_array())
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                })
+            })
             .unwrap_or_default();
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = &args.config {
@@ -289,6 +329,10 @@ impl Config {
         if self.fsync_interval.is_zero() {
             anyhow::bail!("fsync_interval must be longer than zero");
         }
+        if self.idempotency_window.is_zero() {
+            anyhow::bail!("idempotency_window must be longer than zero");
+        }
+        self.retention_rules()?;
         if self.max_body.as_u64() == 0 {
             anyhow::bail!("max_body must be at least 1 byte");
         }
@@ -315,6 +359,36 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What history keeps: the global limits and each `[[topics]]` table's.
+    pub fn retention_rules(&self) -> anyhow::Result<RetentionRules> {
+        let global = Retention {
+            max_events: self.history_max_events,
+            max_age: self.history_max_age,
+            max_bytes: self.history_max_bytes.as_u64(),
+        };
+        let mut topics = Vec::new();
+        for (index, table) in self.topics.iter().enumerate() {
+            let at = || format!("[[topics]] table {} ({:?})", index + 1, table.pattern);
+            let pattern = Pattern::parse(&table.pattern)
+                .map_err(|e| anyhow::anyhow!("{}: pattern: {e}", at()))?;
+            if table.history_max_events == Some(0)
+                || table.history_max_age.is_some_and(|age| age.is_zero())
+                || table
+                    .history_max_bytes
+                    .is_some_and(|bytes| bytes.as_u64() == 0)
+            {
+                anyhow::bail!("{}: history limits must be above zero", at());
+            }
+            let limits = Retention {
+                max_events: table.history_max_events.unwrap_or(usize::MAX),
+                max_age: table.history_max_age.unwrap_or(Duration::MAX),
+                max_bytes: table.history_max_bytes.map_or(u64::MAX, |b| b.as_u64()),
+            };
+            topics.push((pattern, limits));
+        }
+        Ok(RetentionRules { global, topics })
     }
 
     /// The demo producers named in `demo_producers`, without duplicates.

@@ -31,6 +31,16 @@ pub struct EventId {
     pub seq: u64,
 }
 
+impl EventId {
+    /// Below every id.
+    pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
+    /// Above every id.
+    pub const MAX: EventId = EventId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -111,6 +121,9 @@ pub struct NewEvent {
     pub kind: Option<String>,
     /// Compact JSON text.
     pub data: Box<RawValue>,
+    /// The publisher's idempotency key: a repeat within the window is not
+    /// stored again (see `log::idempotency`). Not part of the stored event.
+    pub key: Option<Box<str>>,
 }
 
 /// A stored event. Shared as `Arc<Event>` between the log, the fan-out and
@@ -290,6 +303,7 @@ mod tests {
             topic: "t".into(),
             kind: None,
             data,
+            key: None,
         };
         let time = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
         let ev = Event::new(EventId { ms: 1, seq: 2 }, time, new);

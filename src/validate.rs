@@ -12,6 +12,8 @@ use crate::topic::{TopicError, validate_publish_topic};
 pub const MAX_TYPE_LEN: usize = 128;
 /// Event types the hub reserves for its own control events.
 const RESERVED_TYPE_PREFIX: &str = "sluice.";
+/// Longest idempotency key accepted.
+pub const MAX_KEY_LEN: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEvent {
@@ -27,6 +29,12 @@ pub enum InvalidEvent {
     NotText,
     #[error("the batch has no events")]
     EmptyBatch,
+    #[error("an idempotency key must be 1 to {MAX_KEY_LEN} printable ASCII characters, got {0:?}")]
+    Key(String),
+    #[error(
+        "give either an Idempotency-Key header or \"key\" fields in the body (for one event, both may be given if equal)"
+    )]
+    KeyConflict,
     #[error("line {line}: {error}")]
     Line {
         line: usize,
@@ -34,7 +42,7 @@ pub enum InvalidEvent {
     },
 }
 
-/// One event as JSON: `{"topic", "type"?, "data"}`.
+/// One event as JSON: `{"topic", "type"?, "data", "key"?}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
@@ -42,6 +50,17 @@ struct PublishBody {
     #[serde(rename = "type")]
     kind: Option<String>,
     data: Box<RawValue>,
+    key: Option<String>,
+}
+
+/// Checks an idempotency key: printable ASCII (as HTTP header values are),
+/// bounded so that remembering keys has a bounded cost.
+pub fn idempotency_key(key: &str) -> Result<Box<str>, InvalidEvent> {
+    let printable = key.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !printable {
+        return Err(InvalidEvent::Key(key.chars().take(MAX_KEY_LEN).collect()));
+    }
+    Ok(key.into())
 }
 
 /// Checks a topic, an optional type and JSON data, and compacts the data.
@@ -63,14 +82,41 @@ pub fn new_event(
         topic,
         kind,
         data: compact(data),
+        key: None,
     })
 }
 
-/// One JSON event object.
+/// One JSON event object, with its idempotency key if it has one.
 pub fn json_event(body: &[u8]) -> Result<NewEvent, InvalidEvent> {
     let body: PublishBody =
         serde_json::from_slice(body).map_err(|e| InvalidEvent::Json(e.to_string()))?;
-    new_event(body.topic, body.kind, &body.data)
+    let mut event = new_event(body.topic, body.kind, &body.data)?;
+    event.key = body.key.as_deref().map(idempotency_key).transpose()?;
+    Ok(event)
+}
+
+/// Applies a request's `Idempotency-Key` to its events: one event takes the
+/// key itself (a key in the body must agree), the events of a batch take
+/// the key and their position (`KEY/0`, `KEY/1`…), so that a retry of the
+/// same batch finds every one. A batch cannot mix the header with keys of
+/// its own.
+pub fn apply_request_key(events: &mut [NewEvent], key: &str) -> Result<(), InvalidEvent> {
+    let key = idempotency_key(key)?;
+    match events {
+        [event] => match &event.key {
+            Some(own) if *own != key => return Err(InvalidEvent::KeyConflict),
+            _ => event.key = Some(key),
+        },
+        batch => {
+            if batch.iter().any(|e| e.key.is_some()) {
+                return Err(InvalidEvent::KeyConflict);
+            }
+            for (index, event) in batch.iter_mut().enumerate() {
+                event.key = Some(format!("{key}/{index}").into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// NDJSON: one event object per line, validated as a whole. Blank lines are

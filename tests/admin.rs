@@ -83,7 +83,7 @@ async fn health_counts_clients_and_history() {
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["connected_clients"], 0);
     assert_eq!(health["event_history_size"], 0);
-    assert_eq!(health["storage"], "memory");
+    assert_eq!(health["storage"], "disk", "history is on disk by default");
 
     let sse = Raw::open(&hub.at("/stream?topics=h")).await;
     let ndjson = Raw::open(&hub.at("/ndjson?topics=h/**")).await;

@@ -32,26 +32,11 @@ async fn start_on(dir: &Path, extra: &[&str]) -> Hub {
 /// Every retained event of `topics` after `after` (or from the start),
 /// read over NDJSON until the event with id `last` arrives.
 async fn events_until(hub: &Hub, topics: &str, after: Option<&str>, last: &str) -> Vec<Value> {
-    let from = after.unwrap_or("earliest");
-    let mut lines =
-        common::ndjson(&hub.at(&format!("/ndjson?topics={topics}&last_event_id={from}"))).await;
-    let mut events = Vec::new();
-    loop {
-        let line = tokio::time::timeout(WAIT, lines.next())
-            .await
-            .expect("events in time")
-            .expect("stream open");
-        assert_ne!(line["type"], "sluice.gap", "no gap expected: {line}");
-        assert_ne!(
-            line["type"], "sluice.keepalive",
-            "history ended before {last}"
-        );
-        let done = line["id"] == last;
-        events.push(line);
-        if done {
-            return events;
-        }
+    let lines = common::ndjson_until(hub, topics, after.unwrap_or("earliest"), last).await;
+    for line in &lines {
+        assert!(line["id"].is_string(), "events only, got {line}");
     }
+    lines
 }
 
 /// Stops the hub with `signal` and waits until the process is gone (and
@@ -292,4 +277,105 @@ async fn an_unusable_data_directory_is_refused() {
     let stderr = refused_start(&file).await;
     assert!(stderr.contains("data directory"), "{stderr}");
     std::fs::remove_file(&file).unwrap();
+}
+
+/// The newest journal file of a data directory.
+fn active_journal(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .max_by_key(|p| {
+            let stem = p.file_stem().unwrap().to_str().unwrap();
+            stem.parse::<u64>().unwrap()
+        })
+        .expect("a journal file")
+}
+
+/// Publishes `data` to `t`, kills the hub with SIGKILL; returns the ids.
+async fn publish_then_crash(dir: &Path, data: &[Value]) -> Vec<String> {
+    let hub = start_on(dir, &[]).await;
+    let mut ids = Vec::new();
+    for value in data {
+        ids.push(hub.publish("t", value.clone()).await);
+    }
+    stop(hub, Signal::SIGKILL).await;
+    ids
+}
+
+#[tokio::test]
+async fn a_torn_write_at_the_end_is_cut_off_and_reported() {
+    let dir = data_dir("torn");
+    let ids = publish_then_crash(&dir, &[json!(1), json!(2), json!(3)]).await;
+    // Recovery trims the journal to its last whole batch (fjall reserves
+    // space ahead, as zeros); a clean stop leaves it so.
+    stop(start_on(&dir, &[]).await, Signal::SIGTERM).await;
+    // A crash in the middle of writing a batch leaves its beginning: here,
+    // the journal's first 40 bytes again, a batch that never ends.
+    let journal = active_journal(&dir);
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.extend_from_within(..40);
+    std::fs::write(&journal, &bytes).unwrap();
+
+    let hub = start_on(&dir, &[]).await;
+    let events = events_until(&hub, "t", None, &ids[2]).await;
+    assert_eq!(events.len(), 3, "every acknowledged event is kept");
+    let log = hub.log.lock().unwrap().join("\n");
+    let torn = log
+        .lines()
+        .find(|l| l.contains("torn write"))
+        .unwrap_or_else(|| panic!("a log line says what was dropped: {log}"));
+    assert!(torn.contains("WARN"), "{torn}");
+    assert!(torn.contains("dropped_bytes=40"), "{torn}");
+    assert!(torn.contains(&ids[2]), "names where the log ends: {torn}");
+    let next = hub.publish("t", json!(4)).await;
+    assert!(id_order(&next) > id_order(&ids[2]));
+    stop(hub, Signal::SIGTERM).await;
+
+    let hub = start_on(&dir, &[]).await;
+    assert!(
+        !hub.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("torn write")),
+        "a clean restart reports nothing: {:?}",
+        hub.log.lock().unwrap()
+    );
+    assert_eq!(events_until(&hub, "t", None, &next).await.len(), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_data_directory_is_refused() {
+    let dir = data_dir("corrupt");
+    let marker = "this event's bytes get damaged on disk";
+    publish_then_crash(&dir, &[json!(marker), json!("after it")]).await;
+    let journal = active_journal(&dir);
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the event is in the journal");
+    bytes[at + 5] ^= 0x55;
+    std::fs::write(&journal, &bytes).unwrap();
+
+    let stderr = refused_start(&dir).await;
+    assert!(
+        stderr.contains("cannot open the data directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_data_directory_of_another_format_is_refused() {
+    let dir = data_dir("format");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("version"), b"garbage").unwrap();
+    let stderr = refused_start(&dir).await;
+    assert!(stderr.contains("data directory"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

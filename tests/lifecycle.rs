@@ -102,7 +102,7 @@ async fn host_and_port_are_honoured() {
     // Started by hand: the harness always passes --listen.
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
-        .arg("serve")
+        .args(["serve", "--storage", "memory"])
         .env("HOST", "127.0.0.1")
         .env("PORT", &port)
         .env_remove("SLUICE_LISTEN")

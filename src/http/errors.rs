@@ -79,6 +79,7 @@ fn invalid_event_code(error: &InvalidEvent) -> &'static str {
         InvalidEvent::Topic(_) => "invalid_topic",
         InvalidEvent::Type(_) | InvalidEvent::ReservedType(_) => "invalid_type",
         InvalidEvent::EmptyBatch | InvalidEvent::Line { .. } => "invalid_batch",
+        InvalidEvent::Key(_) | InvalidEvent::KeyConflict => "invalid_idempotency_key",
     }
 }
 

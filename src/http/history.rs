@@ -209,6 +209,7 @@ mod tests {
             topic: "t/x".into(),
             kind: Some("k".into()),
             data: RawValue::from_string(data.into()).unwrap(),
+            key: None,
         };
         let time = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
         Arc::new(Event::new(EventId { ms: 5, seq }, time, new))

@@ -1,5 +1,9 @@
 //! Publishing over HTTP: `POST /publish` (one JSON event, or an NDJSON
 //! batch) and `POST /topics/{topic}` (a raw body for one topic).
+//!
+//! A publisher that may retry names its publish with an `Idempotency-Key`
+//! header (or a `"key"` on each event): a retry within the window is
+//! answered `200` with the original ids, and nothing is published twice.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -11,7 +15,11 @@ use serde_json::json;
 
 use super::AppState;
 use super::errors::ApiError;
+use crate::event::NewEvent;
+use crate::log::Appended;
 use crate::validate;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The body formats `POST /publish` takes.
 enum BodyFormat {
@@ -66,8 +74,42 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-fn created(body: serde_json::Value) -> Response {
-    (StatusCode::CREATED, Json(body)).into_response()
+/// Publishes `events` under the request's idempotency key, if any, and
+/// answers with their ids: `201 Created` when anything was stored, `200 OK`
+/// when every event was a retry of an earlier publish (then
+/// `"duplicate": true`; a batch mixing both counts its `"duplicates"`).
+async fn publish_events(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut events: Vec<NewEvent>,
+    single: bool,
+) -> Result<Response, ApiError> {
+    if let Some(key) = headers.get(IDEMPOTENCY_KEY) {
+        let key = key.to_str().map_err(|_| {
+            ApiError::from(validate::InvalidEvent::Key(
+                String::from_utf8_lossy(key.as_bytes()).into_owned(),
+            ))
+        })?;
+        validate::apply_request_key(&mut events, key)?;
+    }
+    let outcomes = state.hub.publish(events).await?;
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| matches!(o, Appended::Duplicate(_)))
+        .count();
+    let status = if duplicates == outcomes.len() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let ids: Vec<_> = outcomes.iter().map(Appended::id).collect();
+    let body = match (single, duplicates) {
+        (true, 0) => json!({ "id": ids[0] }),
+        (true, _) => json!({ "id": ids[0], "duplicate": true }),
+        (false, 0) => json!({ "ids": ids }),
+        (false, _) => json!({ "ids": ids, "duplicates": duplicates }),
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 pub async fn publish(
@@ -80,13 +122,11 @@ pub async fn publish(
     match format {
         BodyFormat::Json => {
             let event = validate::json_event(&body)?;
-            let ids = state.hub.publish(vec![event]).await?;
-            Ok(created(json!({ "id": ids[0] })))
+            publish_events(&state, &headers, vec![event], true).await
         }
         BodyFormat::Ndjson => {
             let events = validate::ndjson_batch(&body)?;
-            let ids = state.hub.publish(events).await?;
-            Ok(created(json!({ "ids": ids })))
+            publish_events(&state, &headers, events, false).await
         }
     }
 }
@@ -105,6 +145,5 @@ pub async fn publish_to_topic(
     let is_json = media_type(&headers).as_deref() == Some("application/json");
     let body = read_body(&headers, body, state.max_body()).await?;
     let event = validate::raw_event(topic, kind, &body, is_json)?;
-    let ids = state.hub.publish(vec![event]).await?;
-    Ok(created(json!({ "id": ids[0] })))
+    publish_events(&state, &headers, vec![event], true).await
 }

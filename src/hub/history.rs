@@ -92,13 +92,14 @@ mod tests {
 
     use super::*;
     use crate::event::NewEvent;
-    use crate::log::{LogStats, ReadPage, TopicStats};
+    use crate::log::{Appended, LogStats, ReadPage, TopicStats};
 
     fn event(seq: u64, topic: &str) -> Arc<Event> {
         let new = NewEvent {
             topic: topic.into(),
             kind: None,
             data: RawValue::from_string("1".into()).unwrap(),
+            key: None,
         };
         Arc::new(Event::new(EventId { ms: 1, seq }, Utc::now(), new))
     }
@@ -135,7 +136,7 @@ mod tests {
 
     #[async_trait]
     impl EventLog for VecLog {
-        async fn append(&self, _: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, LogError> {
+        async fn append(&self, _: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
             unreachable!()
         }
         async fn read(&self, request: ReadRequest<'_>) -> Result<ReadPage, LogError> {
@@ -242,7 +243,7 @@ mod tests {
 
     #[async_trait]
     impl EventLog for Scripted {
-        async fn append(&self, _: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, LogError> {
+        async fn append(&self, _: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
             unreachable!()
         }
         async fn read(&self, _: ReadRequest<'_>) -> Result<ReadPage, LogError> {

@@ -28,7 +28,7 @@ use crate::config::StorageKind;
 use crate::event::{EventId, NewEvent};
 use crate::log::disk::{DiskLog, DiskOptions};
 use crate::log::memory::MemoryLog;
-use crate::log::{EventLog, LogError, LogStats, Retention, TopicStats};
+use crate::log::{Appended, EventLog, LogError, LogStats, TopicStats};
 use crate::metrics::Metrics;
 use fanout::{ClientSnapshot, Fanout};
 pub use history::HistoryPage;
@@ -70,18 +70,16 @@ impl Hub {
         config: &Config,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Arc<Hub>, JoinHandle<()>)> {
-        let retention = Retention {
-            max_events: config.history_max_events,
-            max_age: config.history_max_age,
-            max_bytes: config.history_max_bytes.as_u64(),
-        };
+        let retention = config.retention_rules()?;
+        let window = config.idempotency_window;
         let log: Arc<dyn EventLog> = match config.storage {
-            StorageKind::Memory => Arc::new(MemoryLog::new(retention)),
+            StorageKind::Memory => Arc::new(MemoryLog::new(retention, window)),
             StorageKind::Disk => Arc::new(DiskLog::open(DiskOptions {
                 dir: config.data_dir.clone(),
                 fsync: config.fsync,
                 fsync_interval: config.fsync_interval,
                 retention,
+                idempotency_window: window,
             })?),
         };
         let metrics = Arc::new(Metrics::new(config.storage.name()));
@@ -120,9 +118,10 @@ impl Hub {
         Ok((hub, tasks))
     }
 
-    /// Stores a batch (all or nothing) and returns its ids once it is in
-    /// history and ordered for fan-out.
-    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, LogError> {
+    /// Stores a batch (all or nothing) and returns each event's outcome
+    /// (its new id, or the original id of an idempotent retry) once it is
+    /// in history and ordered for fan-out.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
         self.writer.publish(events).await
     }
 

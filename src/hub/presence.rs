@@ -112,6 +112,7 @@ impl Lifecycle {
             topic: topic.into(),
             kind: Some(kind.into()),
             data: serde_json::value::to_raw_value(&data).expect("a JSON object serializes"),
+            key: None,
         };
         if events.try_send(event).is_err() {
             self.metrics.lifecycle_dropped.inc();

@@ -3,8 +3,9 @@
 //! Every publish, whatever its transport, becomes a request on one bounded
 //! channel. The writer takes all requests waiting at once, appends them to
 //! the log as one batch (so a slow backend, such as an fsync, is paid once
-//! per batch: group commit), hands the stored events to the fan-out in id
-//! order, and only then answers each publisher. One writer means append
+//! per batch: group commit), hands the new events to the fan-out in id
+//! order (an idempotent retry's duplicate is answered, never delivered),
+//! and only then answers each publisher. One writer means append
 //! order and dispatch order are the same by construction.
 
 use std::sync::Arc;
@@ -12,15 +13,16 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::fanout::Fanout;
-use crate::event::{EventId, NewEvent};
-use crate::log::{EventLog, LogError};
+use crate::event::NewEvent;
+use crate::log::{Appended, EventLog, LogError};
 
 /// Publish requests waiting for the writer; publishers wait when it is full.
 const QUEUE: usize = 1024;
 /// Requests merged into one append at most.
 const MAX_GROUP: usize = 256;
 
-pub type Reply = Result<Vec<EventId>, LogError>;
+/// Each event's outcome, in the order published.
+pub type Reply = Result<Vec<Appended>, LogError>;
 
 struct Request {
     events: Vec<NewEvent>,
@@ -45,8 +47,8 @@ impl Writer {
         (Writer { requests: tx }, task)
     }
 
-    /// Appends a batch (all or nothing) and returns its ids once the events
-    /// are in the log and handed to the fan-out.
+    /// Appends a batch (all or nothing) and returns its outcomes once the
+    /// events are in the log and handed to the fan-out.
     pub async fn publish(&self, events: Vec<NewEvent>) -> Reply {
         let (reply, answer) = oneshot::channel();
         let stopped = || LogError::Unavailable("the hub is shutting down".into());
@@ -64,13 +66,22 @@ async fn run(mut requests: mpsc::Receiver<Request>, log: Arc<dyn EventLog>, fano
         let sizes: Vec<usize> = group.iter().map(|r| r.events.len()).collect();
         let batch = group.iter_mut().flat_map(|r| r.events.drain(..)).collect();
         match log.append(batch).await {
-            Ok(events) => {
-                fanout.dispatch(&events);
-                let mut ids = events.iter().map(|e| e.id);
+            Ok(outcomes) => {
+                let new: Vec<_> = outcomes
+                    .iter()
+                    .filter_map(|outcome| match outcome {
+                        Appended::New(event) => Some(event.clone()),
+                        Appended::Duplicate(_) => None,
+                    })
+                    .collect();
+                fanout.dispatch(&new);
+                let mut outcomes = outcomes.into_iter();
                 for (request, size) in group.drain(..).zip(sizes) {
                     // A publisher that went away before its answer is fine:
                     // its events are stored all the same.
-                    let _ = request.reply.send(Ok(ids.by_ref().take(size).collect()));
+                    let _ = request
+                        .reply
+                        .send(Ok(outcomes.by_ref().take(size).collect()));
                 }
             }
             Err(error) => {

@@ -7,12 +7,17 @@
 //!   ids do) → the event record (see [`encode`]);
 //! - `by_topic`: topic, a 0 byte, id → nothing: an index that makes the
 //!   replay of a topic cost in proportion to that topic's events;
+//! - `keys`: id, then an idempotency key → nothing: the keys of recent
+//!   publishes, in time order so that expired ones are found first;
 //! - `meta`: the format version, the last id issued and the highest id
-//!   removed, so that ids continue upward and gaps are known after a
+//!   removed (globally, and per topic where a topic's own rule removed
+//!   events), so that ids continue upward and gaps are known after a
 //!   restart.
 //!
 //! Every append is one atomic write batch: the events, their index
-//! entries, the new last id, and whatever retention removes. With
+//! entries, their idempotency keys, the new last id, and whatever the
+//! global retention limits remove. A topic's own rule is applied right
+//! after, in a batch of its own. With
 //! `fsync = interval` the batch is written to the OS (which survives the
 //! process crashing) before the publish is acknowledged, and a thread
 //! syncs the journal to disk every `fsync_interval`; with `fsync = always`
@@ -32,9 +37,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
+use super::idempotency::{IdempotencyKeys, Plan};
 use super::{
-    EventLog, LogError, LogStats, ReadPage, ReadRequest, Retention, TopicStats, TopicTable,
-    gap_after,
+    Appended, EventLog, LogError, LogStats, ReadPage, ReadRequest, RetentionRules, TopicStats,
+    TopicTable, gap_after,
 };
 use crate::config::Fsync;
 use crate::event::{Event, EventId, IdGenerator, NewEvent, now_ms};
@@ -45,6 +51,8 @@ const FORMAT: &[u8] = b"sluice-disk-1";
 const META_FORMAT: &[u8] = b"format";
 const META_LAST_ID: &[u8] = b"last_id";
 const META_LOST_THROUGH: &[u8] = b"lost_through";
+/// Followed by a topic: the highest id that topic's own rule removed.
+const META_TOPIC_LOST: &[u8] = b"lost/";
 
 /// Most events one read examines in a full scan (a pattern that matches
 /// many topics); the caller continues from the cursor.
@@ -62,7 +70,8 @@ pub struct DiskOptions {
     pub dir: PathBuf,
     pub fsync: Fsync,
     pub fsync_interval: Duration,
-    pub retention: Retention,
+    pub retention: RetentionRules,
+    pub idempotency_window: Duration,
 }
 
 pub struct DiskLog {
@@ -73,9 +82,10 @@ struct Shared {
     db: Database,
     events: Keyspace,
     by_topic: Keyspace,
+    keys: Keyspace,
     meta: Keyspace,
     persist: PersistMode,
-    retention: Retention,
+    rules: RetentionRules,
     state: Mutex<State>,
     /// False after a write or sync failed: `/health` reports degraded.
     healthy: AtomicBool,
@@ -89,6 +99,7 @@ struct State {
     count: usize,
     bytes: u64,
     topics: TopicTable,
+    keys: IdempotencyKeys,
 }
 
 fn id_key(id: EventId) -> [u8; 16] {
@@ -104,12 +115,27 @@ fn key_id(key: &[u8]) -> Option<EventId> {
     Some(EventId { ms, seq })
 }
 
-fn topic_key(topic: &str, id: EventId) -> Vec<u8> {
+/// Where a topic's index entries start: its name and a 0 byte (which no
+/// topic contains), so that `a` does not cover `a/b`.
+fn topic_prefix(topic: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(topic.len() + 17);
     key.extend_from_slice(topic.as_bytes());
     key.push(0);
+    key
+}
+
+fn topic_key(topic: &str, id: EventId) -> Vec<u8> {
+    let mut key = topic_prefix(topic);
     key.extend_from_slice(&id_key(id));
     key
+}
+
+fn idempotency_key(id: EventId, key: &str) -> Vec<u8> {
+    [&id_key(id)[..], key.as_bytes()].concat()
+}
+
+fn topic_lost_key(topic: &str) -> Vec<u8> {
+    [META_TOPIC_LOST, topic.as_bytes()].concat()
 }
 
 /// An event record: version 1, time in ms, topic, type (empty for none),
@@ -169,6 +195,7 @@ fn decode(id: EventId, record: &[u8]) -> Result<Event, String> {
             topic: topic.to_owned(),
             kind: (!kind.is_empty()).then(|| kind.to_owned()),
             data,
+            key: None,
         },
     ))
 }
@@ -186,6 +213,7 @@ impl DiskLog {
         std::fs::create_dir_all(dir).map_err(|e| {
             anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
         })?;
+        let journals = journal_sizes(dir);
         let db = Database::builder(dir).open().map_err(|e| match e {
             fjall::Error::Locked => anyhow::anyhow!(
                 "the data directory {} is in use by another running sluice",
@@ -197,24 +225,35 @@ impl DiskLog {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(|e| anyhow::anyhow!("cannot open {name} in {}: {e}", dir.display()))
         };
-        let (events, by_topic, meta) = (open("events")?, open("by_topic")?, open("meta")?);
-        let state = load_state(dir, &db, &events, &meta)?;
+        let (events, by_topic, keys, meta) = (
+            open("events")?,
+            open("by_topic")?,
+            open("keys")?,
+            open("meta")?,
+        );
+        let state = load_state(dir, &db, &events, &keys, &meta, &options)?;
         let shared = Arc::new(Shared {
             persist: match options.fsync {
                 Fsync::Always => PersistMode::SyncAll,
                 Fsync::Interval => PersistMode::Buffer,
             },
-            retention: options.retention,
+            rules: options.retention,
             state: Mutex::new(state),
             healthy: AtomicBool::new(true),
             db,
             events,
             by_topic,
+            keys,
             meta,
         });
         if options.fsync == Fsync::Interval {
             spawn_syncer(Arc::downgrade(&shared), options.fsync_interval);
         }
+        report_torn_tail(
+            &journals,
+            &journal_sizes(dir),
+            shared.state.lock().ids.last(),
+        );
         tracing::info!(
             dir = %dir.display(),
             events = shared.state.lock().count,
@@ -224,12 +263,70 @@ impl DiskLog {
     }
 }
 
-/// Reads the format, the id bounds and the per-topic counts.
+/// How far each journal file (`<n>.jnl`) in `dir` holds data: its length
+/// without the trailing zeros of the space fjall reserves ahead of writes.
+fn journal_sizes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "jnl"))
+        .filter_map(|path| Some((path.clone(), data_end(&path).ok()?)))
+        .collect()
+}
+
+/// The offset after the last non-zero byte of a file, reading backwards.
+fn data_end(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let mut end = file.metadata()?.len();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(part)?;
+        if let Some(last) = part.iter().rposition(|&b| b != 0) {
+            return Ok(start + last as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Says what recovery cut off. A crash while a batch was being written
+/// leaves it incomplete at the end of the journal; fjall's recovery drops
+/// it (it was never acknowledged: acknowledgement follows the write) and
+/// truncates the file, so the journal holds less data after opening.
+fn report_torn_tail(before: &[(PathBuf, u64)], after: &[(PathBuf, u64)], last_id: EventId) {
+    for (path, size) in before {
+        let Some((_, now)) = after.iter().find(|(p, _)| p == path) else {
+            continue;
+        };
+        if now < size {
+            tracing::warn!(
+                journal = %path.display(),
+                dropped_bytes = size - now,
+                last_id = %last_id,
+                "a torn write at the end of the log was cut off: {} bytes of a batch \
+                 that a crash interrupted, never acknowledged; the log ends at event {last_id}",
+                size - now
+            );
+        }
+    }
+}
+
+/// Reads the format, the id bounds, the per-topic counts and marks, and the
+/// idempotency keys still within their window.
 fn load_state(
     dir: &Path,
     db: &Database,
     events: &Keyspace,
+    keys: &Keyspace,
     meta: &Keyspace,
+    options: &DiskOptions,
 ) -> anyhow::Result<State> {
     let fail = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!("cannot read the data directory {}: {e}", dir.display())
@@ -281,14 +378,34 @@ fn load_state(
         count: 0,
         bytes: 0,
         topics: TopicTable::default(),
+        keys: IdempotencyKeys::new(options.idempotency_window),
     };
     for entry in events.iter() {
         let (key, record) = entry.into_inner().map_err(|e| fail(&e))?;
         let id = key_id(&key).ok_or_else(|| fail(&"damaged event key"))?;
         let event = decode(id, &record).map_err(|e| fail(&e))?;
+        let size = event.approx_size() as u64;
         state.count += 1;
-        state.bytes += event.approx_size() as u64;
-        state.topics.added(&event.topic, id);
+        state.bytes += size;
+        state
+            .topics
+            .added(&event.topic, id, size, &options.retention);
+    }
+    for entry in meta.prefix(META_TOPIC_LOST) {
+        let (key, value) = entry.into_inner().map_err(|e| fail(&e))?;
+        let topic = std::str::from_utf8(&key[META_TOPIC_LOST.len()..]);
+        match (topic, key_id(&value)) {
+            (Ok(topic), Some(id)) => state.topics.set_lost(topic, id),
+            _ => return Err(fail(&"damaged metadata: a topic's lost mark")),
+        }
+    }
+    // Expired keys too (a lookup ignores them): the next retention pass
+    // removes them from memory and disk together.
+    for entry in keys.iter() {
+        let key = entry.key().map_err(|e| fail(&e))?;
+        let id = key_id(&key).ok_or_else(|| fail(&"damaged idempotency key"))?;
+        let name = std::str::from_utf8(&key[16..]).map_err(|_| fail(&"damaged idempotency key"))?;
+        state.keys.insert(name.into(), id);
     }
     Ok(state)
 }
@@ -311,47 +428,56 @@ fn spawn_syncer(log: Weak<Shared>, interval: Duration) {
 }
 
 impl Shared {
-    fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, LogError> {
+    fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
         let (time, ms) = now_ms();
         let mut state = self.state.lock();
-        let mut ids = state.ids.clone();
+        let plan = Plan::new(batch, &state.keys, &state.ids, time, ms);
+        let new: Vec<Arc<Event>> = plan.new_events().cloned().collect();
         let mut write = self.db.batch().durability(Some(self.persist));
         // A batch larger than history keeps only its newest events; the
         // others are still published (dispatched live), just not stored.
-        let unstored = batch.len().saturating_sub(self.retention.max_events);
-        let mut appended = Vec::with_capacity(batch.len());
-        for (index, new) in batch.into_iter().enumerate() {
-            let event = Event::new(ids.next(ms), time, new);
-            if index >= unstored {
-                write.insert(&self.events, id_key(event.id), encode(&event));
-                write.insert(&self.by_topic, topic_key(&event.topic, event.id), []);
-            }
-            appended.push(Arc::new(event));
+        let unstored = new.len().saturating_sub(self.rules.global.max_events);
+        let stored = &new[unstored..];
+        for event in stored {
+            write.insert(&self.events, id_key(event.id), encode(event));
+            write.insert(&self.by_topic, topic_key(&event.topic, event.id), []);
         }
-        write.insert(&self.meta, META_LAST_ID, id_key(ids.last()));
-        let stored = &appended[unstored..];
+        for (key, id) in &plan.keys {
+            write.insert(&self.keys, idempotency_key(*id, key), []);
+        }
+        write.insert(&self.meta, META_LAST_ID, id_key(plan.ids.last()));
         let added: u64 = stored.iter().map(|e| e.approx_size() as u64).sum();
-        let evicted = self.plan_eviction(
-            &mut write,
-            state.count + stored.len(),
-            state.bytes + added,
-            time,
-        )?;
-        let lost = unstored.checked_sub(1).map(|last| appended[last].id);
+        let evicted = self.plan_eviction(&mut write, &state, (stored.len(), added), time)?;
+        let lost = unstored.checked_sub(1).map(|last| new[last].id);
         if let Some(lost) = lost {
             // After plan_eviction's own mark: the higher id wins.
             write.insert(&self.meta, META_LOST_THROUGH, id_key(lost));
         }
         self.commit(write)?;
-        state.ids = ids;
+        let state = &mut *state;
+        let appended = plan.commit(&mut state.keys, &mut state.ids);
+        let mut ruled: Vec<Box<str>> = Vec::new();
         for event in stored {
+            let size = event.approx_size() as u64;
             state.count += 1;
-            state.bytes += event.approx_size() as u64;
-            state.topics.added(&event.topic, event.id);
+            state.bytes += size;
+            state
+                .topics
+                .added(&event.topic, event.id, size, &self.rules);
+            if state.topics.rule_usage(&event.topic, &self.rules).is_some()
+                && !ruled.contains(&event.topic)
+            {
+                ruled.push(event.topic.clone());
+            }
         }
         state.forget(&evicted);
         if let Some(lost) = lost {
             state.lost_through = state.lost_through.max(lost);
+        }
+        // The events are stored: a failure here only delays their topic's
+        // rule until the next pass.
+        if let Err(error) = self.enforce_rules(state, &ruled, time) {
+            tracing::warn!(%error, "per-topic retention failed");
         }
         Ok(appended)
     }
@@ -369,23 +495,21 @@ impl Shared {
     fn plan_eviction(
         &self,
         write: &mut fjall::OwnedWriteBatch,
-        count: usize,
-        bytes: u64,
+        state: &State,
+        added: (usize, u64),
         now: DateTime<Utc>,
     ) -> Result<Vec<(EventId, Box<str>, u64)>, LogError> {
-        let limits = self.retention;
-        let max_age = chrono::Duration::from_std(limits.max_age).unwrap_or(chrono::Duration::MAX);
-        let (mut count, mut bytes) = (count, bytes);
+        let limits = self.rules.global;
+        let (mut count, mut bytes) = (state.count + added.0, state.bytes + added.1);
         let mut evicted = Vec::new();
-        for entry in self.events.iter() {
+        for entry in self.events_after(state.lost_through) {
             if evicted.len() == EVICT_LIMIT {
                 break;
             }
             let (key, record) = entry.into_inner().map_err(unavailable)?;
             let id = key_id(&key).ok_or_else(|| unavailable("damaged event key"))?;
             let event = decode(id, &record).map_err(unavailable)?;
-            let too_old = now.signed_duration_since(event.time) > max_age;
-            if count <= limits.max_events && bytes <= limits.max_bytes && !too_old {
+            if !limits.exceeded(count, bytes, event.time, now) {
                 break;
             }
             let size = event.approx_size() as u64;
@@ -401,24 +525,104 @@ impl Shared {
         Ok(evicted)
     }
 
-    fn enforce_retention(&self) -> Result<(), LogError> {
-        let (now, _) = now_ms();
-        let mut state = self.state.lock();
+    /// Removes the oldest events of each of `topics` beyond its own rule's
+    /// limits, and records how far each topic lost events.
+    fn enforce_rules(
+        &self,
+        state: &mut State,
+        topics: &[Box<str>],
+        now: DateTime<Utc>,
+    ) -> Result<(), LogError> {
         let mut write = self.db.batch().durability(Some(self.persist));
-        let evicted = self.plan_eviction(&mut write, state.count, state.bytes, now)?;
+        let mut evicted = Vec::new();
+        for topic in topics {
+            let Some((limits, mut count, mut bytes)) = state.topics.rule_usage(topic, &self.rules)
+            else {
+                continue;
+            };
+            let mut last = None;
+            // From the topic's lost mark on, past the deletion markers of
+            // what was removed before (see `events_after`).
+            let from = state.topics.topic_lost_through(topic, state.lost_through);
+            let lower = Bound::Excluded(topic_key(topic, from));
+            let upper = Bound::Included(topic_key(topic, EventId::MAX));
+            for entry in self.by_topic.range((lower, upper)) {
+                if evicted.len() == EVICT_LIMIT {
+                    break;
+                }
+                let key = entry.key().map_err(unavailable)?;
+                let id = key_id(&key[key.len() - 16..])
+                    .ok_or_else(|| unavailable("damaged index key"))?;
+                let Some(record) = self.events.get(id_key(id)).map_err(unavailable)? else {
+                    continue;
+                };
+                let event = decode(id, &record).map_err(unavailable)?;
+                if !limits.exceeded(count, bytes, event.time, now) {
+                    break;
+                }
+                let size = event.approx_size() as u64;
+                write.remove(&self.events, id_key(id));
+                write.remove(&self.by_topic, key);
+                (count, bytes) = (count - 1, bytes - size);
+                evicted.push((id, topic.clone(), size));
+                last = Some(id);
+            }
+            if let Some(last) = last {
+                write.insert(&self.meta, topic_lost_key(topic), id_key(last));
+            }
+        }
         if evicted.is_empty() {
             return Ok(());
         }
         self.commit(write)?;
-        state.forget(&evicted);
+        for (id, topic, size) in &evicted {
+            state.count -= 1;
+            state.bytes -= size;
+            state.topics.removed_by_rule(topic, *id, *size);
+        }
+        Ok(())
+    }
+
+    /// The periodic pass: global limits, every ruled topic, expired
+    /// idempotency keys, and topic marks that the global mark overtook.
+    fn enforce_retention(&self) -> Result<(), LogError> {
+        let (now, ms) = now_ms();
+        let mut state = self.state.lock();
+        let mut write = self.db.batch().durability(Some(self.persist));
+        let evicted = self.plan_eviction(&mut write, &state, (0, 0), now)?;
+        let expired = state.keys.expire(ms);
+        for (id, key) in &expired {
+            write.remove(&self.keys, idempotency_key(*id, key));
+        }
+        if !evicted.is_empty() || !expired.is_empty() {
+            self.commit(write)?;
+            state.forget(&evicted);
+        }
+        let ruled = state.topics.ruled();
+        self.enforce_rules(&mut state, &ruled, now)?;
+        let lost_through = state.lost_through;
+        let overtaken = state.topics.prune_lost(lost_through);
+        if !overtaken.is_empty() {
+            let mut write = self.db.batch().durability(Some(self.persist));
+            for topic in overtaken {
+                write.remove(&self.meta, topic_lost_key(&topic));
+            }
+            self.commit(write)?;
+        }
         Ok(())
     }
 
     fn read(&self, request: OwnedRead) -> Result<ReadPage, LogError> {
         let state = self.state.lock();
-        let oldest = self.oldest()?;
-        let gap = gap_after(request.after, state.lost_through, state.ids.last(), oldest);
-        let after = if gap.is_some() { None } else { request.after };
+        let oldest = self.oldest(state.lost_through)?;
+        let lost = state
+            .topics
+            .lost_through(&request.filter, state.lost_through);
+        let gap = gap_after(request.after, lost, state.ids.last(), oldest);
+        // Retained events are all above the lost marks: reading on from the
+        // reader's own position skips nothing it could still get. An id
+        // never issued here reads from the start.
+        let after = request.after.filter(|after| *after <= state.ids.last());
         let matching: Vec<String> = state
             .topics
             .matching(&request.filter)
@@ -427,9 +631,9 @@ impl Shared {
         // The state stays locked for the read: retention cannot remove
         // events between the gap check above and the read below.
         let mut page = if matching.len() <= INDEX_TOPICS {
-            self.read_indexed(&matching, after, request.until, request.limit)?
+            self.read_indexed(&state, &matching, after, request.until, request.limit)?
         } else {
-            self.read_scan(&request.filter, after, request.until, request.limit)?
+            self.read_scan(&state, &request.filter, after, request.until, request.limit)?
         };
         page.gap = gap;
         Ok(page)
@@ -439,6 +643,7 @@ impl Shared {
     /// their events, however busy the rest of the log is.
     fn read_indexed(
         &self,
+        state: &State,
         topics: &[String],
         after: Option<EventId>,
         until: Option<EventId>,
@@ -446,20 +651,11 @@ impl Shared {
     ) -> Result<ReadPage, LogError> {
         let mut ids = Vec::new();
         for topic in topics {
-            let lower = match after {
-                Some(after) => Bound::Excluded(topic_key(topic, after)),
-                None => Bound::Included(topic_key(topic, EventId { ms: 0, seq: 0 })),
-            };
-            let upper = match until {
-                Some(until) => Bound::Included(topic_key(topic, until)),
-                None => Bound::Included(topic_key(
-                    topic,
-                    EventId {
-                        ms: u64::MAX,
-                        seq: u64::MAX,
-                    },
-                )),
-            };
+            // Nothing at or below the topic's lost mark is left.
+            let lost = state.topics.topic_lost_through(topic, state.lost_through);
+            let from = after.unwrap_or(EventId::ZERO).max(lost);
+            let lower = Bound::Excluded(topic_key(topic, from));
+            let upper = Bound::Included(topic_key(topic, until.unwrap_or(EventId::MAX)));
             for entry in self.by_topic.range((lower, upper)).take(limit + 1) {
                 let key = entry.key().map_err(unavailable)?;
                 let id = key_id(&key[key.len() - 16..])
@@ -488,12 +684,14 @@ impl Shared {
     /// Scans events in order, for patterns that match many topics.
     fn read_scan(
         &self,
+        state: &State,
         filter: &TopicFilter,
         after: Option<EventId>,
         until: Option<EventId>,
         limit: usize,
     ) -> Result<ReadPage, LogError> {
-        let lower = after.map_or(Bound::Unbounded, |a| Bound::Excluded(id_key(a).to_vec()));
+        let from = after.unwrap_or(EventId::ZERO).max(state.lost_through);
+        let lower = Bound::Excluded(id_key(from).to_vec());
         let upper = until.map_or(Bound::Unbounded, |u| Bound::Included(id_key(u).to_vec()));
         let mut page = ReadPage {
             done: true,
@@ -515,11 +713,22 @@ impl Shared {
         Ok(page)
     }
 
-    fn oldest(&self) -> Result<Option<EventId>, LogError> {
-        match self.events.first_key_value() {
+    /// The oldest retained event's id; every event up to `lost_through` is
+    /// gone, so the search starts above it.
+    fn oldest(&self, lost_through: EventId) -> Result<Option<EventId>, LogError> {
+        match self.events_after(lost_through).next() {
             None => Ok(None),
             Some(entry) => Ok(key_id(&entry.key().map_err(unavailable)?)),
         }
+    }
+
+    /// The events after `lost_through`, in id order. Starting there rather
+    /// than at the first key skips the deletion markers that removed
+    /// events leave in the LSM tree until compaction drops them, which a
+    /// scan from the start would walk through on every retention pass.
+    fn events_after(&self, lost_through: EventId) -> fjall::Iter {
+        let lower = Bound::Excluded(id_key(lost_through).to_vec());
+        self.events.range((lower, Bound::Unbounded))
     }
 }
 
@@ -528,7 +737,7 @@ impl State {
         for (id, topic, size) in evicted {
             self.count -= 1;
             self.bytes -= size;
-            self.topics.removed(topic);
+            self.topics.removed(topic, *size);
             self.lost_through = self.lost_through.max(*id);
         }
     }
@@ -553,7 +762,7 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl EventLog for DiskLog {
-    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, LogError> {
+    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
         let shared = self.shared.clone();
         blocking(move || shared.append(batch)).await
     }
@@ -581,7 +790,7 @@ impl EventLog for DiskLog {
         LogStats {
             retained: state.count,
             bytes: state.bytes,
-            oldest: self.shared.oldest().ok().flatten(),
+            oldest: self.shared.oldest(state.lost_through).ok().flatten(),
             head: state.ids.last(),
         }
     }
@@ -622,6 +831,7 @@ mod tests {
                     topic: "a/b".into(),
                     kind: kind.clone(),
                     data: RawValue::from_string("{\"x\":[1.50]}".into()).unwrap(),
+                    key: None,
                 },
             );
             let back = decode(event.id, &encode(&event)).unwrap();

@@ -7,6 +7,7 @@
 //! to come as a further implementation of [`EventLog`]).
 
 pub mod disk;
+pub mod idempotency;
 pub mod memory;
 
 use std::collections::HashMap;
@@ -15,8 +16,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use chrono::{DateTime, Utc};
+
 use crate::event::{Event, EventId, NewEvent};
-use crate::topic::TopicFilter;
+use crate::topic::{Pattern, TopicFilter};
+pub use idempotency::Appended;
 
 /// What history keeps: events beyond any of these limits are removed,
 /// oldest first.
@@ -27,6 +31,47 @@ pub struct Retention {
     /// Total size of the events kept (topic, type and data bytes, plus a
     /// fixed overhead per event).
     pub max_bytes: u64,
+}
+
+impl Retention {
+    /// Whether history holding `count` events of `bytes`, the oldest from
+    /// `oldest`, is beyond these limits at `now`.
+    pub fn exceeded(
+        &self,
+        count: usize,
+        bytes: u64,
+        oldest: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let age = now
+            .signed_duration_since(oldest)
+            .to_std()
+            .unwrap_or_default();
+        count > self.max_events || bytes > self.max_bytes || age > self.max_age
+    }
+}
+
+/// Retention for the whole log, and for topics matching a pattern: each
+/// such topic on its own keeps at most its limits (the first matching rule
+/// applies), and the global limits apply on top.
+#[derive(Debug, Clone)]
+pub struct RetentionRules {
+    pub global: Retention,
+    pub topics: Vec<(Pattern, Retention)>,
+}
+
+impl RetentionRules {
+    pub fn global(global: Retention) -> Self {
+        RetentionRules {
+            global,
+            topics: Vec::new(),
+        }
+    }
+
+    /// The index of the rule that governs `topic`.
+    fn rule_for(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|(p, _)| p.matches(topic))
+    }
 }
 
 /// Whether a reader positioned after `after` has missed events: either
@@ -43,60 +88,141 @@ pub fn gap_after(
     (after < lost_through || after > last_issued).then_some(Gap { oldest })
 }
 
-/// Per-topic counts of what history holds, for `/topics` and for finding
-/// the topics a pattern can match.
+/// Per-topic counts of what history holds, for `/topics`, for finding the
+/// topics a pattern can match, and for per-topic retention.
 #[derive(Debug, Default)]
-pub struct TopicTable(HashMap<Box<str>, TopicEntry>);
+pub struct TopicTable {
+    topics: HashMap<Box<str>, TopicEntry>,
+    /// For topics whose own rule removed events: the highest id removed,
+    /// while it is above the log's global mark (below it, the global mark
+    /// says as much).
+    lost: HashMap<Box<str>, EventId>,
+}
 
 #[derive(Debug)]
 struct TopicEntry {
     retained: usize,
+    bytes: u64,
     last_id: EventId,
+    /// The retention rule that governs the topic (an index into
+    /// [`RetentionRules::topics`]), found once.
+    rule: Option<usize>,
 }
 
 impl TopicTable {
-    pub fn added(&mut self, topic: &str, id: EventId) {
-        match self.0.get_mut(topic) {
-            Some(entry) => {
-                entry.retained += 1;
-                entry.last_id = entry.last_id.max(id);
-            }
-            None => {
-                self.0.insert(
-                    topic.into(),
-                    TopicEntry {
-                        retained: 1,
-                        last_id: id,
-                    },
-                );
+    pub fn added(&mut self, topic: &str, id: EventId, size: u64, rules: &RetentionRules) {
+        let entry = match self.topics.get_mut(topic) {
+            Some(entry) => entry,
+            None => self
+                .topics
+                .entry(topic.into())
+                .or_insert_with(|| TopicEntry {
+                    retained: 0,
+                    bytes: 0,
+                    last_id: id,
+                    rule: rules.rule_for(topic),
+                }),
+        };
+        entry.retained += 1;
+        entry.bytes += size;
+        entry.last_id = entry.last_id.max(id);
+    }
+
+    /// An event left history under the global limits.
+    pub fn removed(&mut self, topic: &str, size: u64) {
+        if let Some(entry) = self.topics.get_mut(topic) {
+            entry.retained -= 1;
+            entry.bytes -= size;
+            if entry.retained == 0 {
+                self.topics.remove(topic);
             }
         }
     }
 
-    pub fn removed(&mut self, topic: &str) {
-        if let Some(entry) = self.0.get_mut(topic) {
-            entry.retained -= 1;
-            if entry.retained == 0 {
-                self.0.remove(topic);
-            }
+    /// An event left history under its topic's own rule: readers of the
+    /// topic positioned before it have missed events.
+    pub fn removed_by_rule(&mut self, topic: &str, id: EventId, size: u64) {
+        self.removed(topic, size);
+        self.set_lost(topic, id);
+    }
+
+    /// Records that the topic's events up to `id` were removed by its rule.
+    pub fn set_lost(&mut self, topic: &str, id: EventId) {
+        let mark = self.lost.entry(topic.into()).or_insert(id);
+        *mark = (*mark).max(id);
+    }
+
+    /// The rule's limits for `topic` with the topic's count and bytes, when
+    /// a rule governs it.
+    pub fn rule_usage(
+        &self,
+        topic: &str,
+        rules: &RetentionRules,
+    ) -> Option<(Retention, usize, u64)> {
+        let entry = self.topics.get(topic)?;
+        let (_, limits) = rules.topics.get(entry.rule?)?;
+        Some((*limits, entry.retained, entry.bytes))
+    }
+
+    /// The topics that a retention rule governs.
+    pub fn ruled(&self) -> Vec<Box<str>> {
+        self.topics
+            .iter()
+            .filter(|(_, entry)| entry.rule.is_some())
+            .map(|(topic, _)| topic.clone())
+            .collect()
+    }
+
+    /// The highest id removed from `topic`: its own mark, or the global one.
+    pub fn topic_lost_through(&self, topic: &str, global: EventId) -> EventId {
+        self.lost
+            .get(topic)
+            .map_or(global, |mark| global.max(*mark))
+    }
+
+    /// The highest id that a reader of `filter` may have missed: the global
+    /// mark, or a topic's own mark above it.
+    pub fn lost_through(&self, filter: &TopicFilter, global: EventId) -> EventId {
+        self.lost
+            .iter()
+            .filter(|(topic, _)| filter.matches(topic))
+            .map(|(_, id)| *id)
+            .fold(global, EventId::max)
+    }
+
+    /// Forgets the topic marks that the global mark has overtaken; returns
+    /// their topics, so that a backend can delete its copies.
+    pub fn prune_lost(&mut self, global: EventId) -> Vec<Box<str>> {
+        let gone: Vec<Box<str>> = self
+            .lost
+            .iter()
+            .filter(|(_, id)| **id <= global)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in &gone {
+            self.lost.remove(topic);
         }
+        gone
     }
 
     /// The topics with events that `filter` matches.
     pub fn matching<'a>(&'a self, filter: &'a TopicFilter) -> impl Iterator<Item = &'a str> {
-        self.0.keys().map(|t| &**t).filter(|t| filter.matches(t))
+        self.topics
+            .keys()
+            .map(|t| &**t)
+            .filter(|t| filter.matches(t))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.topics.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.topics.is_empty()
     }
 
     pub fn stats(&self) -> Vec<TopicStats> {
-        self.0
+        self.topics
             .iter()
             .map(|(name, t)| TopicStats {
                 name: name.clone(),
@@ -172,13 +298,15 @@ pub struct LogStats {
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Appends a batch, all or nothing, assigning increasing ids in order.
-    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, LogError>;
+    /// An event whose idempotency key was used within the window is not
+    /// stored again: its outcome is the first publish's id.
+    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, LogError>;
 
     /// Reads matching events after a position, up to a bound.
     async fn read(&self, request: ReadRequest<'_>) -> Result<ReadPage, LogError>;
 
     /// Drops what retention no longer keeps (age limits need a clock tick
-    /// even when nothing is appended).
+    /// even when nothing is appended), and forgets expired idempotency keys.
     async fn enforce_retention(&self);
 
     fn stats(&self) -> LogStats;

@@ -23,6 +23,8 @@ pub struct Hub {
     pub child: Child,
     /// Lines the hub logged (stderr), for assertions on its log.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The data directory the harness made for this hub, removed with it.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -42,6 +44,14 @@ impl Hub {
             command.args(["--listen", "127.0.0.1:0"]);
         }
         command.args(args);
+        // History is on disk by default: each hub gets its own fresh data
+        // directory unless the test names one.
+        let data_dir = (!args.iter().any(|a| a.starts_with("--data-dir"))
+            && !env.iter().any(|(k, _)| *k == "SLUICE_DATA_DIR"))
+        .then(|| tempfile::tempdir().expect("a temporary directory"));
+        if let Some(dir) = &data_dir {
+            command.arg("--data-dir").arg(dir.path());
+        }
         for var in ["HOST", "PORT", "LOG_LEVEL"] {
             command.env_remove(var);
         }
@@ -83,7 +93,12 @@ impl Hub {
         .await
         .expect("sluice prints its URL");
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-        Hub { url, child, log }
+        Hub {
+            url,
+            child,
+            log,
+            _data_dir: data_dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -229,13 +244,16 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let data_dir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
         .arg("serve")
         .args(&args)
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .await
-        .expect("sluice runs");
+        .args(["--listen", "127.0.0.1:0"]);
+    if !args.iter().any(|a| a == "--data-dir") {
+        command.arg("--data-dir").arg(data_dir.path());
+    }
+    let output = command.output().await.expect("sluice runs");
     assert!(!output.status.success(), "{args:?}: start-up must fail");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -279,6 +297,26 @@ pub async fn next_event(stream: &mut SseStream, within: Duration) -> SseEvent {
         .await
         .expect("an event in time")
         .expect("stream still open")
+}
+
+/// Subscribes over NDJSON to `topics` from `from` (an id or `earliest`)
+/// and returns every line, control lines included, up to the event with id
+/// `last`.
+pub async fn ndjson_until(hub: &Hub, topics: &str, from: &str, last: &str) -> Vec<Value> {
+    let url = hub.at(&format!("/ndjson?topics={topics}&last_event_id={from}"));
+    let mut stream = ndjson(&url).await;
+    let mut lines = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{last} in time; got {lines:?}"))
+            .expect("stream open");
+        let done = line["id"] == last;
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
 }
 
 /// Opens an NDJSON stream and returns it as a stream of JSON lines.

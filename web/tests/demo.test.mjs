@@ -49,7 +49,7 @@ function startHub() {
   if (!existsSync(BIN)) {
     throw new Error(`the sluice binary is missing at ${BIN}: run \`cargo build\` first (or set SLUICE_BIN)`);
   }
-  const child = spawn(BIN, ['serve', '--demo', '--listen', '127.0.0.1:0'], {
+  const child = spawn(BIN, ['serve', '--demo', '--storage', 'memory', '--listen', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stderr = [];

@@ -32,6 +32,7 @@ use crate::frame::{self, GAP_TYPE};
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
+use crate::log::Appended;
 use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
 use command::Command;
@@ -254,9 +255,16 @@ impl Session {
             Err(refused) => refuse(refused.op.as_deref(), refused.error),
             Ok(Command::Ping) => json!({ "ok": true, "op": "pong" }),
             Ok(Command::Publish(event)) => match hub.publish(vec![event]).await {
-                Ok(ids) => {
+                Ok(outcomes) => {
                     hub.metrics().published_in(received);
-                    json!({ "ok": true, "op": "publish", "id": ids[0] })
+                    match &outcomes[0] {
+                        Appended::New(event) => {
+                            json!({ "ok": true, "op": "publish", "id": event.id })
+                        }
+                        Appended::Duplicate(id) => {
+                            json!({ "ok": true, "op": "publish", "id": id, "duplicate": true })
+                        }
+                    }
                 }
                 Err(error) => refuse(Some("publish"), error.into()),
             },
