@@ -388,6 +388,18 @@ impl Config {
             };
             topics.push((pattern, limits));
         }
+        // The hub's own lifecycle events are bounded unless a table says
+        // otherwise, so that connections coming and going cannot crowd the
+        // publishers' events out of the global limits.
+        let lifecycle = Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+        };
+        topics.push((
+            Pattern::parse("$sys/**").expect("a valid pattern"),
+            lifecycle,
+        ));
         Ok(RetentionRules { global, topics })
     }
 

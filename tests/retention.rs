@@ -171,3 +171,34 @@ async fn a_bad_topics_table_stops_start_up() {
         assert!(stderr.contains(says), "{table}: {stderr}");
     }
 }
+
+/// How many events `/topics` says `topic` retains.
+async fn retained(hub: &Hub, topic: &str) -> u64 {
+    let (_, body) = hub.get_json("/topics").await;
+    let topics = body["topics"].as_array().unwrap();
+    let entry = topics.iter().find(|t| t["name"] == topic);
+    entry.map_or(0, |t| t["retained"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn lifecycle_events_keep_within_their_own_bound() {
+    // 600 connections announce 1200 events on each of the two $sys
+    // topics: without their bound, 2400 events would push the user's one
+    // out of a history of 2100.
+    let hub = Hub::start(&["--history-max-events", "2100"]).await;
+    let first = hub.publish("user", json!("kept")).await;
+    for _ in 0..600 {
+        let response = common::client()
+            .get(hub.at("/ndjson?topics=quiet"))
+            .send()
+            .await
+            .unwrap();
+        drop(response);
+    }
+    eventually("both lifecycle topics reach their bound", async || {
+        retained(&hub, "$sys/clients").await == 1000
+            && retained(&hub, "$sys/subscriptions").await == 1000
+    })
+    .await;
+    assert_eq!(held(&hub, "user").await, [first]);
+}
