@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # The storage benchmark (docs/BENCHMARKS.md, "Storage"): publish throughput
-# and latency, and replay speed, with history in memory and on disk (fsync
-# every interval, or before every acknowledgement).
+# and latency with history in memory and on disk (fsync every interval, or
+# before every acknowledgement), and replay speed from memory and from disk.
 #
-# For each storage configuration it starts a release build of the hub on a
-# free port of 127.0.0.1 with a fresh data directory, runs `sluice bench`
-# against it (all traffic stays on this machine), stops it, and at the end
-# prints markdown tables of the medians of REPEAT runs of each scenario.
+# Each run of each scenario gets a new hub, a release build listening on a
+# free port of 127.0.0.1 with an empty history (and a new data directory),
+# loaded by `sluice bench` (all traffic stays on this machine). At the end it
+# prints markdown tables of the medians of REPEAT runs.
 #
 #   bash bench/storage.sh                  # about 3 minutes after the build
 #   REPEAT=5 DURATION=5s bash bench/storage.sh
 #
 # The raw JSON of every run is kept in a temporary directory, named at the
-# end. The hub and the bench share the machine's cores: the tables show
-# both one's CPU time, so that a reader can tell which one was the limit.
+# end. The hub and the bench share the machine's cores: the tables show the
+# CPU time of both, so that a reader can tell which one was the limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +41,9 @@ trap stop_hub EXIT
 # HUB_PID and HUB_URL.
 start_hub() {
   rm -rf "$WORK/data"
+  # Emptied here, not only by the hub's redirection, which happens in the
+  # background: the previous hub's address must not be read for this one's.
+  : >"$WORK/hub.out"
   # History large enough that no run loses events to retention, nor spends
   # time on it.
   "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" \
@@ -80,24 +83,41 @@ measure() {
   done
 }
 
-for config in "memory|--storage memory" \
-  "disk, fsync interval|--storage disk --fsync interval" \
-  "disk, fsync always|--storage disk --fsync always"; do
-  storage="${config%%|*}"
-  read -r -a serve <<<"${config#*|}"
-  echo "$storage: ingest, replay ($REPEAT runs each)" >&2
-  measure "$storage" "${serve[@]}" -- "single, 1 publisher" \
+# publishing STORAGE SERVE-ARGS...: publish throughput and latency.
+publishing() {
+  local storage="$1"
+  shift
+  echo "$storage: publishing ($REPEAT runs of each)" >&2
+  measure "$storage" "$@" -- "single, 1 publisher" \
     ingest --mode single -c 1 --duration "$DURATION"
-  measure "$storage" "${serve[@]}" -- "single, 32 publishers" \
+  measure "$storage" "$@" -- "single, 32 publishers" \
     ingest --mode single -c 32 --duration "$DURATION"
-  measure "$storage" "${serve[@]}" -- "batches of 100, 4 publishers" \
+  measure "$storage" "$@" -- "batches of 100, 4 publishers" \
     ingest --mode batch --batch-size 100 -c 4 --duration "$DURATION"
-  measure "$storage" "${serve[@]}" -- "100k events" replay --events 100k
-  measure "$storage" "${serve[@]}" -- "1k events among 100k others" \
-    replay --events 1k --noise 100k
-done
+}
 
-echo "Machine: $(nproc) cores, $(free -h | awk '/^Mem:/ {print $2}') of memory," \
+# replaying STORAGE SERVE-ARGS...: catch-up speed, of a topic alone and of
+# a rare topic in a busy log.
+replaying() {
+  local storage="$1"
+  shift
+  echo "$storage: replay ($REPEAT runs of each)" >&2
+  measure "$storage" "$@" -- "100k events" replay --events 100k
+  measure "$storage" "$@" -- "1k events among 100k others" \
+    replay --events 1k --noise 100k
+  measure "$storage" "$@" -- "1k events among 1M others" \
+    replay --events 1k --noise 1M
+}
+
+publishing "memory" --storage memory
+publishing "disk, fsync interval" --storage disk --fsync interval
+publishing "disk, fsync always" --storage disk --fsync always
+# Reads do not depend on the fsync mode.
+replaying "memory" --storage memory
+replaying "disk" --storage disk
+
+echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1))," \
+  "$(free -h | awk '/^Mem:/ {print $2}') of memory," \
   "Linux $(uname -r), ulimit -n $(ulimit -n); hub and bench on the same machine."
 echo
 python3 - "$INDEX" "$REPEAT" <<'EOF'
