@@ -98,6 +98,31 @@ pub struct Config {
     /// default when unset. Smaller values bound the memory a stalled reader
     /// holds and let the hub notice it sooner.
     pub socket_send_buffer: Option<ByteSize>,
+    /// Connections open at once, all clients together; beyond, a new
+    /// connection is answered `503` and closed.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 client's
+    /// /64); beyond, `429` and closed.
+    pub max_connections_per_ip: usize,
+    /// Requests one HTTP/2 connection may have open at once (its
+    /// concurrent streams: each SSE or NDJSON subscription is one).
+    pub max_streams_per_connection: u32,
+    /// Publishes per second allowed to one publisher (a token's subject, or
+    /// else a client address), in bursts of up to one second's worth; 0 for
+    /// no limit.
+    pub publish_rate: u32,
+    /// Longest URL (path and query) accepted.
+    pub max_url_length: ByteSize,
+    /// Largest request header section (names and values) accepted.
+    pub max_header_size: ByteSize,
+    /// Time a client has to send a request's headers (and, on a new
+    /// connection, to finish the TLS handshake and send its first request).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// PEM certificate chain for HTTPS; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Announce connections and subscription changes on `$sys/clients` and
     /// `$sys/subscriptions` (stored in history like any event).
     pub lifecycle_events: bool,
@@ -155,6 +180,15 @@ impl Default for Config {
             max_body: ByteSize::mib(1),
             cors_origins: "*".into(),
             socket_send_buffer: None,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_streams_per_connection: 100,
+            publish_rate: 0,
+            max_url_length: ByteSize::kib(8),
+            max_header_size: ByteSize::kib(16),
+            header_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
             lifecycle_events: true,
             demo: false,
             demo_producers: crate::producers::NAMES.join(","),
@@ -242,6 +276,43 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_send_buffer: Option<String>,
+    /// Connections open at once, all clients [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one client address [default: 256].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Concurrent requests on one HTTP/2 connection [default: 100].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Publishes per second per publisher (token subject or address); 0 for
+    /// no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<u32>,
+    /// Longest URL accepted, e.g. 8KiB [default: 8KiB].
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_url_length: Option<String>,
+    /// Largest request header section, e.g. 16KiB [default: 16KiB].
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_size: Option<String>,
+    /// Time to send a request's headers, e.g. 10s [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Publish lifecycle events on $sys/clients and $sys/subscriptions:
     /// true or false [default: true].
     #[arg(long, value_name = "BOOL")]
@@ -304,6 +375,18 @@ impl Config {
                     .filter(move |key| known.contains(&key.as_str().to_ascii_lowercase())),
             )
             .merge(Serialized::defaults(args));
+        Self::checked(figment)
+    }
+
+    /// The settings of a config file's text over the defaults, checked as
+    /// at start: what `--config` gives, without the environment and flags.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        Self::checked(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn checked(figment: Figment) -> anyhow::Result<Config> {
         let config: Config = figment.extract()?;
         config.check()?;
         Ok(config)
@@ -314,6 +397,12 @@ impl Config {
             ("history_max_events", self.history_max_events),
             ("subscriber_buffer", self.subscriber_buffer),
             ("max_topics", self.max_topics),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -335,6 +424,15 @@ impl Config {
         self.retention_rules()?;
         if self.max_body.as_u64() == 0 {
             anyhow::bail!("max_body must be at least 1 byte");
+        }
+        if self.header_timeout.is_zero() {
+            anyhow::bail!("header_timeout must be longer than zero");
+        }
+        if self.max_url_length.as_u64() < 64 || self.max_header_size.as_u64() < 1024 {
+            anyhow::bail!("max_url_length must be at least 64 bytes, max_header_size 1KiB");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!("tls_cert and tls_key go together: give both, or neither");
         }
         let names = crate::producers::NAMES;
         if let Some(unknown) = self
@@ -676,6 +774,70 @@ mod tests {
             assert!(Config::load(&args).is_ok());
             Ok(())
         });
+    }
+
+    #[test]
+    fn limits_and_tls_settings() {
+        Jail::expect_with(|jail| {
+            let c = load(ServeArgs::default());
+            assert_eq!((c.max_connections, c.max_connections_per_ip), (10_000, 256));
+            assert_eq!((c.max_streams_per_connection, c.publish_rate), (100, 0));
+            assert_eq!(
+                (c.max_url_length, c.max_header_size),
+                (ByteSize::kib(8), ByteSize::kib(16))
+            );
+            assert_eq!(c.header_timeout, Duration::from_secs(10));
+            assert_eq!((c.tls_cert, c.tls_key), (None, None));
+            jail.set_env("SLUICE_PUBLISH_RATE", "20");
+            jail.set_env("SLUICE_HEADER_TIMEOUT", "3s");
+            let c = load(ServeArgs {
+                max_connections_per_ip: Some(4),
+                max_url_length: Some("2KiB".into()),
+                tls_cert: Some("c.pem".into()),
+                tls_key: Some("k.pem".into()),
+                ..Default::default()
+            });
+            assert_eq!((c.publish_rate, c.max_connections_per_ip), (20, 4));
+            assert_eq!(c.header_timeout, Duration::from_secs(3));
+            assert_eq!(c.max_url_length, ByteSize::kib(2));
+            assert_eq!(c.tls_key, Some(PathBuf::from("k.pem")));
+            for bad in [
+                ServeArgs {
+                    max_connections: Some(0),
+                    ..Default::default()
+                },
+                ServeArgs {
+                    header_timeout: Some("0s".into()),
+                    ..Default::default()
+                },
+                ServeArgs {
+                    max_header_size: Some("100".into()),
+                    ..Default::default()
+                },
+                ServeArgs {
+                    tls_cert: Some("c.pem".into()),
+                    ..Default::default()
+                },
+            ] {
+                assert!(Config::load(&bad).is_err(), "{bad:?}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_config_text_reads_as_its_file_does() {
+        let c = Config::from_toml("publish_rate = 5\nmax_url_length = \"1KiB\"").unwrap();
+        assert_eq!((c.publish_rate, c.max_url_length), (5, ByteSize::kib(1)));
+        assert_eq!(c.max_connections, 10_000, "defaults under the file");
+        for bad in [
+            "publish_rate = -1",
+            "nope = 1",
+            "max_topics = 0",
+            "[[topics]]\npattern = \"**/a\"",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

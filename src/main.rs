@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sluice::config::{Config, LogFormat, ServeArgs};
-use sluice::http::{AppState, router};
+use sluice::http::AppState;
 use sluice::hub::Hub;
+use sluice::limits::Limits;
 use sluice::producers::Producers;
+use sluice::tls::Tls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -77,6 +79,10 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
     init_logging(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -84,18 +90,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (hub, hub_tasks) = Hub::start(&config, shutdown.clone())?;
     let producers = Producers::start(hub.clone(), &config, shutdown.clone())?;
-    let send_buffer = config.socket_send_buffer.map(|b| b.as_u64() as usize);
-    let app = router(AppState {
+    let state = AppState {
         hub: hub.clone(),
         config: Arc::new(config.clone()),
         producers: producers.clone(),
-    });
+        limits: Limits::new(&config),
+    };
 
     // The banner must not take the hub down if stdout is closed.
     let say = |line: String| {
         let _ = writeln!(std::io::stdout(), "{line}");
     };
-    let base = format!("http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{addr}");
     say(format!(
         "Sluice {} listening on {base}",
         env!("CARGO_PKG_VERSION")
@@ -114,10 +121,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         say(format!("  demo:      producers {names}"));
     }
-    tracing::info!(%addr, storage = config.storage.name(), "hub started");
+    tracing::info!(%addr, storage = config.storage.name(), tls = tls.is_some(), "hub started");
 
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    sluice::server::serve(listener, app, shutdown, send_buffer).await;
+    sluice::server::serve(listener, state, tls, shutdown).await;
     // Producers hold the hub; its writer stops only when they let go. Any
     // connection still open past the drain (a stalled reader) is dropped
     // with the runtime, so the process is gone within 5 s of the signal.

@@ -1,47 +1,103 @@
-//! The accept loop: serves the router on each connection, can close one
-//! connection on demand, and shuts down gracefully.
+//! The accept loop: admits connections within the limits, speaks HTTP/1.1
+//! and HTTP/2 (over TLS by ALPN, or in plain text with prior knowledge),
+//! serves the router on each connection, can close one connection (or end
+//! one HTTP/2 stream) on demand, and shuts down gracefully.
 //!
-//! We run our own loop over hyper-util instead of `axum::serve` for two
-//! things it does not offer: each request carries a handle that closes its
-//! own connection (a subscriber that stops reading has a full socket, so
-//! ending its response would never reach the wire; the fan-out closes the
-//! socket instead), and the kernel send buffer can be bounded per socket.
+//! We run our own loop over hyper-util instead of `axum::serve` for what it
+//! does not offer: each request carries a handle that closes its own
+//! connection (a subscriber that stops reading has a full socket, so ending
+//! its response would never reach the wire; the fan-out closes the socket
+//! instead), the kernel send buffer can be bounded per socket, connections
+//! are counted and refused with an answer, and clients that are slow to
+//! send a request are cut off.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::http::{StatusCode, Version};
+use axum::response::IntoResponse;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::config::Config;
+use crate::http::AppState;
+use crate::http::errors::ApiError;
+use crate::limits::{Admitted, Refusal};
+use crate::tls::Tls;
 
 /// How long open connections get to finish after shutdown starts; the
 /// process must be gone within 5 s of the signal.
 const DRAIN: Duration = Duration::from_millis(3500);
 
+/// Connections refused by a limit that are being answered at once; beyond
+/// that, a refused connection is closed without an answer.
+const REFUSING_AT_ONCE: usize = 64;
+
+/// The time a refused connection gets for its answer (and, with TLS, the
+/// handshake before it).
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
+
+/// What a client refused for a connection limit is told to wait.
+const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(5);
+
+/// Room in hyper's HTTP/1.1 buffer for the request line's method and
+/// version, beyond the URL and header limits.
+const REQUEST_LINE: u64 = 64;
+
 /// Added to every request: who is on the other end, and how to hang up.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
-    /// Cancel to close this connection at once.
+    /// Cancel to close this request's connection at once (HTTP/1.1). On
+    /// HTTP/2, where a connection carries many requests, each request has
+    /// a token of its own, which closes nothing: a subscription that sees
+    /// it cancelled ends its response body, which resets only its stream.
     pub close: CancellationToken,
 }
 
-/// Serves `app` until `shutdown` is cancelled, then stops accepting, lets
-/// open responses end (streams end cleanly on the same signal) and returns.
+/// What every connection task shares.
+struct Server {
+    app: Router,
+    state: AppState,
+    builder: Builder<TokioExecutor>,
+    tls: Option<Tls>,
+}
+
+/// Serves the router of `state` until `shutdown` is cancelled, then stops
+/// accepting, lets open responses end (streams end cleanly on the same
+/// signal) and returns. With `tls`, every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    state: AppState,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
-    send_buffer: Option<usize>,
 ) {
+    let send_buffer = state
+        .config
+        .socket_send_buffer
+        .map(|b| usize::try_from(b.as_u64()).unwrap_or(usize::MAX));
+    let server = Arc::new(Server {
+        app: crate::http::router(state.clone()),
+        builder: builder(&state.config),
+        state,
+        tls,
+    });
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -56,30 +112,16 @@ pub async fn serve(
             },
         };
         tune(&stream, send_buffer);
-        let close = CancellationToken::new();
-        let info = ConnInfo {
-            remote,
-            close: close.clone(),
-        };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(info.clone());
-            app.clone().oneshot(request.map(Body::new))
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(%remote, %error, "connection ended with an error");
-                    }
-                }
-                _ = close.cancelled() => tracing::debug!(%remote, "connection closed by the hub"),
+        match server.state.limits.admit(remote.ip()) {
+            Ok(admitted) => {
+                let io = Counted {
+                    io: stream,
+                    _admitted: admitted,
+                };
+                tokio::spawn(server.clone().connection(io, remote, graceful.watcher()));
             }
-        });
+            Err(refusal) => server.refuse(stream, remote, refusal, &refusing),
+        }
     }
     drop(listener);
     tokio::select! {
@@ -88,11 +130,254 @@ pub async fn serve(
     }
 }
 
+/// HTTP/1.1 and HTTP/2 with the limits of `config`.
+fn builder(config: &Config) -> Builder<TokioExecutor> {
+    let head = config.max_url_length.as_u64() + config.max_header_size.as_u64() + REQUEST_LINE;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        // hyper's minimum is 8 KiB.
+        .max_buf_size(usize::try_from(head).unwrap_or(usize::MAX).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        // A peer that stops answering pings (one that stopped reading
+        // altogether) loses the connection; one stalled stream does not.
+        .keep_alive_interval(config.keepalive)
+        .keep_alive_timeout(config.keepalive);
+    builder
+}
+
+impl Server {
+    /// One admitted connection: the TLS handshake if any, then HTTP, with
+    /// `header_timeout` for both and for the first request's headers.
+    async fn connection(self: Arc<Self>, io: Counted, remote: SocketAddr, watcher: Watcher) {
+        let deadline = Instant::now() + self.state.config.header_timeout;
+        match &self.tls {
+            None => self.http(io, remote, deadline, watcher).await,
+            Some(tls) => match tokio::time::timeout_at(deadline, tls.serve.accept(io)).await {
+                Ok(Ok(io)) => self.http(io, remote, deadline, watcher).await,
+                Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                Err(_) => self.too_slow(remote),
+            },
+        }
+    }
+
+    async fn http<I>(&self, io: I, remote: SocketAddr, deadline: Instant, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let close = CancellationToken::new();
+        let requested = CancellationToken::new();
+        let info = ConnInfo {
+            remote,
+            close: close.clone(),
+        };
+        let app = self.app.clone();
+        let first = requested.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            first.cancel();
+            let mut info = info.clone();
+            if request.version() == Version::HTTP_2 {
+                info.close = CancellationToken::new();
+            }
+            request.extensions_mut().insert(info);
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        // hyper's HTTP/1.1 timer covers each request's headers, but not the
+        // wait for the first bytes, nor an HTTP/2 client that never sends a
+        // request.
+        let first_request = async {
+            tokio::time::sleep_until(deadline).await;
+            if requested.is_cancelled() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = watcher.watch(connection) => {
+                if let Err(error) = result {
+                    let hyper = error.downcast_ref::<hyper::Error>();
+                    if hyper.is_some_and(hyper::Error::is_timeout) {
+                        self.too_slow(remote);
+                    } else if hyper.is_some_and(hyper::Error::is_parse_too_large) {
+                        // hyper answered 431 (or 414) itself.
+                        self.state.hub.metrics().rejected("headers_too_large");
+                        self.state.limits.log_refusal(
+                            "headers_too_large",
+                            format_args!("a request head larger than hyper's buffer from {remote}"),
+                        );
+                    } else {
+                        tracing::debug!(%remote, %error, "connection ended with an error");
+                    }
+                }
+            }
+            _ = close.cancelled() => tracing::debug!(%remote, "connection closed by the hub"),
+            _ = first_request => self.too_slow(remote),
+        }
+    }
+
+    /// A client that did not send its request headers within
+    /// `header_timeout`: its connection is closed.
+    fn too_slow(&self, remote: SocketAddr) {
+        self.state.hub.metrics().rejected("header_timeout");
+        self.state.limits.log_refusal(
+            "header_timeout",
+            format_args!("{remote} sent no complete request head within header_timeout"),
+        );
+    }
+
+    /// Answers a connection over a limit with its error, then closes it.
+    fn refuse(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        refusal: Refusal,
+        refusing: &Arc<Semaphore>,
+    ) {
+        let config = &self.state.config;
+        let error = match refusal {
+            Refusal::Busy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                format!(
+                    "the hub already has {} open connections, the most it allows; retry later",
+                    config.max_connections
+                ),
+            ),
+            Refusal::PerClient => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections_per_ip",
+                format!(
+                    "your address already has {} open connections, the most allowed; close one \
+                     or retry later",
+                    config.max_connections_per_ip
+                ),
+            ),
+        }
+        .retry_after(RETRY_CONNECT_AFTER);
+        self.state.hub.metrics().rejected(error.code);
+        self.state
+            .limits
+            .log_refusal(error.code, format_args!("a connection from {remote}"));
+        // Past that many, the socket is closed unanswered.
+        let Ok(permit) = refusing.clone().try_acquire_owned() else {
+            return;
+        };
+        let tls = self.tls.as_ref().map(|tls| tls.refuse.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answer = async {
+                let response = wire(error).await;
+                match tls {
+                    None => answer(stream, &response).await,
+                    Some(tls) => answer(tls.accept(stream).await?, &response).await,
+                }
+            };
+            let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
+        });
+    }
+}
+
+/// An error as a whole HTTP/1.1 response that closes its connection.
+async fn wire(error: ApiError) -> Vec<u8> {
+    let (parts, body) = error.into_response().into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or_default()
+    );
+    for (name, value) in &parts.headers {
+        head.push_str(&format!(
+            "{name}: {}\r\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    [head.as_bytes(), &body].concat()
+}
+
+/// Sends `response` without reading the request, then reads and drops
+/// whatever the client sends until it closes: closing with unread data
+/// would reset the connection, and the client might lose the answer.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    response: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(response).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
 fn tune(stream: &TcpStream, send_buffer: Option<usize>) {
     let _ = stream.set_nodelay(true);
     if let Some(size) = send_buffer
         && let Err(error) = socket2::SockRef::from(stream).set_send_buffer_size(size)
     {
         tracing::warn!(%error, "could not set the socket send buffer");
+    }
+}
+
+/// An admitted connection's socket, counted against the limits for as long
+/// as it is open: after a WebSocket upgrade it outlives hyper's connection.
+struct Counted {
+    io: TcpStream,
+    _admitted: Admitted,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -2,7 +2,7 @@
 //! unknown route, becomes `{"error": {"code", "message"}}` with its status.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -21,6 +21,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which a retry may succeed, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,7 +31,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client to retry after `wait`, in whole seconds (at least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -41,6 +50,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response.extensions_mut().insert(Rejected(self.code));
         response
     }
@@ -139,6 +153,23 @@ mod tests {
             (other.status, other.code),
             (StatusCode::BAD_REQUEST, "invalid_topic")
         );
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_in_a_header() {
+        let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down")
+            .retry_after(std::time::Duration::from_millis(1200));
+        assert_eq!(error.retry_after, Some(2));
+        let response = error.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let soon = ApiError::bad_request("x", "y").retry_after(std::time::Duration::ZERO);
+        assert_eq!(
+            soon.retry_after,
+            Some(1),
+            "never 0: that would invite a busy loop"
+        );
+        let plain = ApiError::bad_request("x", "y").into_response();
+        assert!(!plain.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

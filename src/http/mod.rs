@@ -4,12 +4,16 @@ mod admin;
 mod demo;
 pub mod errors;
 mod history;
+mod limits;
 mod metrics;
 mod ndjson;
 mod publish;
 mod sse;
 mod subscribe;
 mod ws;
+
+/// Parses one WebSocket command frame (public for the fuzz targets).
+pub use ws::command::parse as parse_ws_command;
 
 use std::sync::Arc;
 
@@ -21,6 +25,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::producers::Producers;
 
 /// What every handler can reach.
@@ -30,6 +35,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The demo producers, for `/health`; empty without `--demo`.
     pub producers: Arc<Producers>,
+    /// Connection and publish counts against their limits, shared with
+    /// the accept loop.
+    pub limits: Arc<Limits>,
 }
 
 impl AppState {
@@ -41,16 +49,24 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
     let timed = || from_fn_with_state(state.clone(), metrics::time_publish);
+    let rated = || from_fn_with_state(state.clone(), limits::publish_rate);
     Router::new()
         .route("/", get(admin::index))
         .route("/health", get(admin::health))
         .route("/metrics", get(metrics::metrics))
         .route("/clients", get(admin::clients))
         .route("/topics", get(admin::topics))
-        .route("/publish", post(publish::publish).route_layer(timed()))
+        .route(
+            "/publish",
+            post(publish::publish)
+                .route_layer(timed())
+                .route_layer(rated()),
+        )
         .route(
             "/topics/{*topic}",
-            post(publish::publish_to_topic).route_layer(timed()),
+            post(publish::publish_to_topic)
+                .route_layer(timed())
+                .route_layer(rated()),
         )
         .route("/stream", get(subscribe::stream))
         .route("/sse/{*topic}", get(subscribe::sse_path))
@@ -60,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(demo::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), limits::request_size))
         .layer(from_fn_with_state(state.clone(), metrics::count_rejections))
         .layer(cors)
         .with_state(state)

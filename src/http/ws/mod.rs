@@ -9,7 +9,7 @@
 //! the same bytes for every subscriber. The server pings every
 //! `--keepalive` and closes peers that have not answered by the next ping.
 
-mod command;
+pub(super) mod command;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::errors::ApiError;
+use super::limits;
 use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
 use crate::frame::{self, GAP_TYPE};
 use crate::hub::fanout::{ClientInfo, Transport};
@@ -251,7 +252,8 @@ impl Session {
         let received = Instant::now();
         let hub = self.state.hub.clone();
         let refuse = |op: Option<&str>, error: ApiError| refusal(hub.metrics(), op, error);
-        let reply = match command::parse(text) {
+        let parsed = command::parse(text).and_then(|command| self.allowed(command));
+        let reply = match parsed {
             Err(refused) => refuse(refused.op.as_deref(), refused.error),
             Ok(Command::Ping) => json!({ "ok": true, "op": "pong" }),
             Ok(Command::Publish(event)) => match hub.publish(vec![event]).await {
@@ -285,6 +287,18 @@ impl Session {
             },
         };
         Message::Text(reply.to_string().into())
+    }
+
+    /// A `publish` counts against the socket's `publish_rate` allowance.
+    fn allowed(&self, command: Command) -> Result<Command, command::Refused> {
+        if let Command::Publish(_) = command {
+            let publisher = limits::address(self.info.remote_addr);
+            limits::take_publish(&self.state, publisher).map_err(|error| command::Refused {
+                op: Some("publish".into()),
+                error,
+            })?;
+        }
+        Ok(command)
     }
 
     fn subscribe(
@@ -377,6 +391,9 @@ fn refusal(metrics: &Metrics, op: Option<&str>, error: ApiError) -> Value {
     });
     if let Some(op) = op {
         reply["op"] = json!(op);
+    }
+    if let Some(seconds) = error.retry_after {
+        reply["error"]["retry_after"] = json!(seconds);
     }
     reply
 }

@@ -1,0 +1,106 @@
+//! The limits that the HTTP layer enforces (`crate::limits` counts): the
+//! size of a request's URL and headers, and publishes per second.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::errors::ApiError;
+use crate::limits::Publisher;
+use crate::server::ConnInfo;
+
+/// Refuses a URL (path and query) longer than `max_url_length` with `414`,
+/// and headers (names and values) larger than `max_header_size` with `431`.
+/// Larger requests still, whose head does not fit hyper's buffer, get the
+/// same status from hyper, without a body.
+pub async fn request_size(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let config = &state.config;
+    let url = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if url as u64 > config.max_url_length.as_u64() {
+        state.limits.log_refusal(
+            "uri_too_long",
+            format_args!("a URL of {url} bytes, over max_url_length"),
+        );
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the URL is longer than the limit of {} bytes",
+                config.max_url_length.as_u64()
+            ),
+        )
+        .into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers as u64 > config.max_header_size.as_u64() {
+        state.limits.log_refusal(
+            "headers_too_large",
+            format_args!("{headers} bytes of headers, over max_header_size"),
+        );
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the headers are larger than the limit of {} bytes",
+                config.max_header_size.as_u64()
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Counts a publish request against its client address's allowance
+/// (`publish_rate`), before its body is read.
+pub async fn publish_rate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let remote = request
+        .extensions()
+        .get::<ConnInfo>()
+        .map(|conn| conn.remote);
+    match take_publish(&state, address(remote)) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Takes one publish from `publisher`'s allowance, or refuses it with
+/// `429 rate_limited` and a `Retry-After`.
+pub fn take_publish(state: &AppState, publisher: Publisher<'_>) -> Result<(), ApiError> {
+    state
+        .limits
+        .take_publish(publisher, Instant::now())
+        .map_err(|wait| {
+            state.limits.log_refusal(
+                "rate_limited",
+                format_args!("a publish over publish_rate from {publisher:?}"),
+            );
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} publishes per second; retry later",
+                    state.config.publish_rate
+                ),
+            )
+            .retry_after(wait)
+        })
+}
+
+/// A publisher that no token names: its client address. (The accept loop
+/// gives every connection one; without, all would share the unspecified
+/// address.)
+pub(super) fn address(remote: Option<SocketAddr>) -> Publisher<'static> {
+    Publisher::Address(remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |remote| remote.ip()))
+}
