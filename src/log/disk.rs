@@ -533,6 +533,9 @@ impl Shared {
         topics: &[Box<str>],
         now: DateTime<Utc>,
     ) -> Result<(), LogError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
         let mut write = self.db.batch().durability(Some(self.persist));
         let mut evicted = Vec::new();
         for topic in topics {
