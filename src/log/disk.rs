@@ -446,11 +446,8 @@ impl Shared {
             write.insert(&self.keys, idempotency_key(*id, key), []);
         }
         write.insert(&self.meta, META_LAST_ID, id_key(plan.ids.last()));
-        let added: u64 = stored.iter().map(|e| e.approx_size() as u64).sum();
-        let evicted = self.plan_eviction(&mut write, &state, (stored.len(), added), time)?;
         let lost = unstored.checked_sub(1).map(|last| new[last].id);
         if let Some(lost) = lost {
-            // After plan_eviction's own mark: the higher id wins.
             write.insert(&self.meta, META_LOST_THROUGH, id_key(lost));
         }
         self.commit(write)?;
@@ -470,16 +467,34 @@ impl Shared {
                 ruled.push(event.topic.clone());
             }
         }
-        state.forget(&evicted);
         if let Some(lost) = lost {
             state.lost_through = state.lost_through.max(lost);
         }
-        // The events are stored: a failure here only delays their topic's
-        // rule until the next pass.
-        if let Err(error) = self.enforce_rules(state, &ruled, time) {
-            tracing::warn!(%error, "per-topic retention failed");
+        // The events are stored; retention follows: each topic's own rule
+        // first, then the global limits on what remains, so that a rule's
+        // removals count toward them. A failure only delays it to the next
+        // pass.
+        let retained = self
+            .enforce_rules(state, &ruled, time)
+            .and_then(|()| self.enforce_global(state, time));
+        if let Err(error) = retained {
+            tracing::warn!(%error, "retention after an append failed");
         }
         Ok(appended)
+    }
+
+    /// Removes the oldest events beyond the global limits, in a write of
+    /// their own with the new lost mark. Not synced: a removal lost to a
+    /// crash is made again by the next pass.
+    fn enforce_global(&self, state: &mut State, now: DateTime<Utc>) -> Result<(), LogError> {
+        let mut write = self.db.batch().durability(Some(PersistMode::Buffer));
+        let evicted = self.plan_eviction(&mut write, state, now)?;
+        if evicted.is_empty() {
+            return Ok(());
+        }
+        self.commit(write)?;
+        state.forget(&evicted);
+        Ok(())
     }
 
     /// Commits a write batch, and records whether the disk takes writes:
@@ -490,17 +505,16 @@ impl Shared {
         result.map_err(unavailable)
     }
 
-    /// Adds to `write` the removal of the oldest events beyond retention,
-    /// given the count and bytes after the write; returns what it removes.
+    /// Adds to `write` the removal of the oldest events beyond the global
+    /// limits; returns what it removes.
     fn plan_eviction(
         &self,
         write: &mut fjall::OwnedWriteBatch,
         state: &State,
-        added: (usize, u64),
         now: DateTime<Utc>,
     ) -> Result<Vec<(EventId, Box<str>, u64)>, LogError> {
         let limits = self.rules.global;
-        let (mut count, mut bytes) = (state.count + added.0, state.bytes + added.1);
+        let (mut count, mut bytes) = (state.count, state.bytes);
         let mut evicted = Vec::new();
         for entry in self.events_after(state.lost_through) {
             if evicted.len() == EVICT_LIMIT {
@@ -591,8 +605,10 @@ impl Shared {
     fn enforce_retention(&self) -> Result<(), LogError> {
         let (now, ms) = now_ms();
         let mut state = self.state.lock();
+        let ruled = state.topics.ruled();
+        self.enforce_rules(&mut state, &ruled, now)?;
         let mut write = self.db.batch().durability(Some(self.persist));
-        let evicted = self.plan_eviction(&mut write, &state, (0, 0), now)?;
+        let evicted = self.plan_eviction(&mut write, &state, now)?;
         let expired = state.keys.expire(ms);
         for (id, key) in &expired {
             write.remove(&self.keys, idempotency_key(*id, key));
@@ -601,8 +617,6 @@ impl Shared {
             self.commit(write)?;
             state.forget(&evicted);
         }
-        let ruled = state.topics.ruled();
-        self.enforce_rules(&mut state, &ruled, now)?;
         let lost_through = state.lost_through;
         let overtaken = state.topics.prune_lost(lost_through);
         if !overtaken.is_empty() {

@@ -146,22 +146,23 @@ impl Inner {
         }
     }
 
-    /// Applies the global limits, then the rules of `topics`.
+    /// Applies the rules of `topics`, then the global limits to what
+    /// remains (so that a rule's removals count toward them).
     fn enforce<'a>(
         &mut self,
         rules: &RetentionRules,
         topics: impl IntoIterator<Item = &'a str>,
         now: DateTime<Utc>,
     ) {
+        for topic in topics {
+            self.enforce_rule(topic, rules, now);
+        }
         let global = rules.global;
         while let Some(oldest) = self.events.front() {
             if !global.exceeded(self.retained(), self.bytes, oldest.time, now) {
                 break;
             }
             self.evict_front();
-        }
-        for topic in topics {
-            self.enforce_rule(topic, rules, now);
         }
         self.topics.prune_lost(self.lost_through);
     }
