@@ -9,6 +9,8 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     if let Ok(config) = sluice::config::Config::from_toml(text) {
-        config.retention_rules().expect("a checked config has valid retention rules");
+        config
+            .retention_rules()
+            .expect("a checked config has valid retention rules");
     }
 });

@@ -10,6 +10,10 @@ fuzz_target!(|input: &[u8]| {
     };
     if let Ok(id) = text.parse::<EventId>() {
         let printed = id.to_string();
-        assert_eq!(printed.parse::<EventId>().ok(), Some(id), "{printed} reads back");
+        assert_eq!(
+            printed.parse::<EventId>().ok(),
+            Some(id),
+            "{printed} reads back"
+        );
     }
 });
