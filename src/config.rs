@@ -7,6 +7,7 @@
 //! and `SLUICE_HISTORY_MAX_EVENTS` in the environment).
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::log::{Retention, RetentionRules};
-use crate::topic::Pattern;
+use crate::topic::{Pattern, PatternSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -140,9 +141,36 @@ pub struct Config {
     /// same key within it is answered with the original id.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// The HS256 secret that signs the JWTs this hub accepts.
+    pub jwt_secret: Option<Secret>,
+    /// A PEM file with the RSA or EC public key that verifies the JWTs
+    /// this hub accepts (RS256, ES256); instead of `jwt_secret`.
+    pub jwt_public_key: Option<PathBuf>,
+    /// The cookie that may carry a JWT.
+    pub jwt_cookie: String,
+    /// Topics read only with a grant: patterns, comma-separated (with the
+    /// `[[topics]]` tables that say `private = true`).
+    pub private_topics: String,
+    /// Subscribing needs a token even to public topics.
+    pub require_subscribe_token: bool,
+    /// Without a key, accept publishes and admin requests from any
+    /// address, not only from loopback ones.
+    pub allow_anonymous_publish: bool,
     /// Settings for the topics that match a pattern: the `[[topics]]`
     /// tables of the config file, the first matching one applying.
     pub topics: Vec<TopicSettings>,
+}
+
+/// A secret setting: shown as `***` in debug output, so it never reaches
+/// a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// A `[[topics]]` table: settings for each topic matching `pattern`.
@@ -158,6 +186,9 @@ pub struct TopicSettings {
     pub history_max_age: Option<Duration>,
     /// Total size kept per matching topic.
     pub history_max_bytes: Option<ByteSize>,
+    /// Matching topics are read only with a grant (see `private_topics`).
+    #[serde(default)]
+    pub private: bool,
 }
 
 impl Default for Config {
@@ -195,6 +226,12 @@ impl Default for Config {
             demo_symbols: "AAPL,GOOGL".into(),
             dataset: None,
             idempotency_window: Duration::from_secs(600),
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_cookie: "sluice_token".into(),
+            private_topics: String::new(),
+            require_subscribe_token: false,
+            allow_anonymous_publish: false,
             topics: Vec::new(),
         }
     }
@@ -340,6 +377,34 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_window: Option<String>,
+    /// HS256 secret of the JWTs accepted, at least 32 bytes [default: none,
+    /// see docs/API.md#security].
+    #[arg(long, value_name = "SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// PEM file of the RSA or EC public key of the JWTs accepted (RS256,
+    /// ES256), instead of --jwt-secret.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Cookie that may carry the JWT [default: sluice_token].
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_cookie: Option<String>,
+    /// Topics read only with a grant: comma-separated patterns, e.g.
+    /// 'secret/**,users/*' (needs a JWT key).
+    #[arg(long, value_name = "PATTERNS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_topics: Option<String>,
+    /// Subscribing needs a token even to public topics (needs a JWT key).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub require_subscribe_token: bool,
+    /// Without a JWT key, accept publishes and admin requests from any
+    /// address, not only loopback ones.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_anonymous_publish: bool,
 }
 
 impl Config {
@@ -422,6 +487,7 @@ impl Config {
             anyhow::bail!("idempotency_window must be longer than zero");
         }
         self.retention_rules()?;
+        self.check_auth()?;
         if self.max_body.as_u64() == 0 {
             anyhow::bail!("max_body must be at least 1 byte");
         }
@@ -479,6 +545,13 @@ impl Config {
             {
                 anyhow::bail!("{}: history limits must be above zero", at());
             }
+            let limited = table.history_max_events.is_some()
+                || table.history_max_age.is_some()
+                || table.history_max_bytes.is_some();
+            if !limited {
+                // Only other settings (`private`): not a retention rule.
+                continue;
+            }
             let limits = Retention {
                 max_events: table.history_max_events.unwrap_or(usize::MAX),
                 max_age: table.history_max_age.unwrap_or(Duration::MAX),
@@ -499,6 +572,51 @@ impl Config {
             lifecycle,
         ));
         Ok(RetentionRules { global, topics })
+    }
+
+    /// The key, cookie and topic settings of authentication, which
+    /// `auth::Auth` reads: private topics and a required token make sense
+    /// only with a key, and a key is one secret or one public key.
+    fn check_auth(&self) -> anyhow::Result<()> {
+        let has_key = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("jwt_secret and jwt_public_key: give one key, not both")
+            }
+            (Some(secret), None) if secret.0.len() < 32 => anyhow::bail!(
+                "jwt_secret must be at least 32 bytes (256 bits); make one with \
+                 `openssl rand -base64 32`"
+            ),
+            (secret, key) => secret.is_some() || key.is_some(),
+        };
+        if !crate::auth::valid_cookie_name(&self.jwt_cookie) {
+            anyhow::bail!(
+                "jwt_cookie {:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                self.jwt_cookie
+            );
+        }
+        let private = self.private_topics();
+        PatternSet::parse(private.iter().copied())
+            .map_err(|e| anyhow::anyhow!("private_topics: {e}"))?;
+        if !has_key && !private.is_empty() {
+            anyhow::bail!(
+                "private topics need a JWT key to grant them: set jwt_secret or jwt_public_key"
+            );
+        }
+        if !has_key && self.require_subscribe_token {
+            anyhow::bail!(
+                "require_subscribe_token needs a JWT key: set jwt_secret or jwt_public_key"
+            );
+        }
+        Ok(())
+    }
+
+    /// The private topic patterns: `private_topics`, then the `[[topics]]`
+    /// tables with `private = true`.
+    pub fn private_topics(&self) -> Vec<&str> {
+        let tables = self.topics.iter().filter(|t| t.private);
+        let mut list = comma_list(&self.private_topics);
+        list.extend(tables.map(|t| t.pattern.as_str()));
+        list
     }
 
     /// The demo producers named in `demo_producers`, without duplicates.
@@ -838,6 +956,99 @@ mod tests {
         ] {
             assert!(Config::from_toml(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn auth_settings_come_from_file_env_and_flags() {
+        Jail::expect_with(|jail| {
+            let c = load(ServeArgs::default());
+            assert_eq!(
+                (c.jwt_secret.clone(), c.jwt_public_key.clone()),
+                (None, None)
+            );
+            assert_eq!(c.jwt_cookie, "sluice_token");
+            assert!(!c.require_subscribe_token && !c.allow_anonymous_publish);
+            jail.create_file(
+                "a.toml",
+                "jwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
+                 private_topics = \"a/**, c\"\n\
+                 [[topics]]\npattern = \"b/*\"\nprivate = true\n\
+                 [[topics]]\npattern = \"b/x\"\nhistory_max_events = 5\n",
+            )?;
+            let args = ServeArgs {
+                config: Some("a.toml".into()),
+                ..Default::default()
+            };
+            let c = load(args.clone());
+            assert_eq!(c.private_topics(), ["a/**", "c", "b/*"]);
+            assert_eq!(format!("{:?}", c.jwt_secret), "Some(***)", "never logged");
+            // A table that only says `private` is no retention rule.
+            let rules = c.retention_rules().unwrap();
+            assert_eq!(rules.topics[0].0.as_str(), "b/x");
+            jail.set_env("SLUICE_REQUIRE_SUBSCRIBE_TOKEN", "true");
+            jail.set_env("SLUICE_JWT_COOKIE", "auth");
+            let c = load(args);
+            assert!(c.require_subscribe_token);
+            assert_eq!(c.jwt_cookie, "auth");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn auth_settings_that_cannot_work_are_errors() {
+        Jail::expect_with(|_| {
+            let secret = || Some("0123456789abcdef0123456789abcdef".to_string());
+            for (args, error) in [
+                (
+                    ServeArgs {
+                        jwt_secret: secret(),
+                        jwt_public_key: Some("k.pem".into()),
+                        ..Default::default()
+                    },
+                    "not both",
+                ),
+                (
+                    ServeArgs {
+                        jwt_secret: Some("short".into()),
+                        ..Default::default()
+                    },
+                    "at least 32 bytes",
+                ),
+                (
+                    ServeArgs {
+                        private_topics: Some("a/**".into()),
+                        ..Default::default()
+                    },
+                    "need a JWT key",
+                ),
+                (
+                    ServeArgs {
+                        require_subscribe_token: true,
+                        ..Default::default()
+                    },
+                    "needs a JWT key",
+                ),
+                (
+                    ServeArgs {
+                        jwt_secret: secret(),
+                        private_topics: Some("a/**/b".into()),
+                        ..Default::default()
+                    },
+                    "private_topics",
+                ),
+                (
+                    ServeArgs {
+                        jwt_cookie: Some("a b".into()),
+                        ..Default::default()
+                    },
+                    "not a cookie name",
+                ),
+            ] {
+                let message = Config::load(&args).expect_err(error).to_string();
+                assert!(message.contains(error), "{message}");
+            }
+            Ok(())
+        });
     }
 
     #[test]

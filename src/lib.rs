@@ -5,6 +5,7 @@
 //! id) → `hub::fanout` (encode once, per-subscriber bounded queues) →
 //! `http::sse` | `http::ndjson` (transport writers).
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sluice::auth::Auth;
 use sluice::config::{Config, LogFormat, ServeArgs};
 use sluice::http::AppState;
 use sluice::hub::Hub;
@@ -40,6 +41,8 @@ enum Command {
     Replay(sluice::client::replay::ReplayArgs),
     /// Load the hub and measure it: publish throughput, replay speed.
     Bench(sluice::bench::BenchArgs),
+    /// Mint a token from the hub's --jwt-secret, for development and scripts.
+    Token(sluice::auth::mint::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Sub(args) => runtime.block_on(args.run()),
         Command::Replay(args) => runtime.block_on(args.run()),
         Command::Bench(args) => runtime.block_on(args.run()),
+        Command::Token(args) => args.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +83,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
     init_logging(&config)?;
+    let auth = Arc::new(Auth::from_config(&config)?);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
         _ => None,
@@ -94,6 +99,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hub: hub.clone(),
         config: Arc::new(config.clone()),
         producers: producers.clone(),
+        auth: auth.clone(),
         limits: Limits::new(&config),
     };
 
@@ -122,6 +128,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         say(format!("  demo:      producers {names}"));
     }
     tracing::info!(%addr, storage = config.storage.name(), tls = tls.is_some(), "hub started");
+
+    auth.announce();
 
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     sluice::server::serve(listener, state, tls, shutdown).await;

@@ -6,9 +6,14 @@
 //! whose first segment starts with `$` are the hub's own: publishers cannot
 //! use them, and a wildcard in the first segment does not match them (as in
 //! MQTT), so `**` never mixes hub internals into user streams.
+//!
+//! Topics are also public or private ([`Access`]): a subscriber reads a
+//! private topic only when its grants cover it, and a [`TopicFilter`]
+//! restricted by an `Access` never matches a private topic it may not read.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 pub const MAX_TOPIC_LEN: usize = 256;
 
@@ -152,6 +157,29 @@ impl Pattern {
         }
         parts.next().is_none()
     }
+
+    /// Whether some topic matches both `self` and `other`.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let wildcard = |s: &Segment| !matches!(s, Segment::Literal(_));
+        let (mut a, mut b) = (self.segments.iter(), other.segments.iter());
+        let mut first = true;
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                // A wildcard in the first segment never matches a `$` topic.
+                (Some(Segment::Literal(lit)), Some(w)) | (Some(w), Some(Segment::Literal(lit)))
+                    if first && wildcard(w) && lit.starts_with('$') =>
+                {
+                    return false;
+                }
+                (Some(Segment::Literal(x)), Some(Segment::Literal(y))) if x != y => return false,
+                // `**` takes whatever the other has left, one segment or more.
+                (Some(Segment::Rest), Some(_)) | (Some(_), Some(Segment::Rest)) => return true,
+                _ => first = false,
+            }
+        }
+    }
 }
 
 impl fmt::Display for Pattern {
@@ -160,13 +188,73 @@ impl fmt::Display for Pattern {
     }
 }
 
+/// Topics and patterns tested together: the exact ones by one hash lookup,
+/// the wildcards one by one.
+#[derive(Debug, Clone, Default)]
+pub struct PatternSet {
+    exact: HashSet<Box<str>>,
+    wildcards: Vec<Pattern>,
+}
+
+impl PatternSet {
+    /// Parses every entry; an empty list is an empty set.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<PatternSet, TopicError> {
+        let mut set = PatternSet::default();
+        for entry in entries {
+            set.insert(Pattern::parse(entry)?);
+        }
+        Ok(set)
+    }
+
+    fn insert(&mut self, pattern: Pattern) {
+        if pattern.is_exact() {
+            self.exact.insert(pattern.raw);
+        } else if !self.wildcards.contains(&pattern) {
+            self.wildcards.push(pattern);
+        }
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        self.exact.contains(topic) || self.wildcards.iter().any(|p| p.matches(topic))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcards.is_empty()
+    }
+
+    /// The patterns of the set that some topic of `pattern` matches.
+    fn overlapping(&self, pattern: &Pattern) -> impl Iterator<Item = &Pattern> {
+        self.wildcards.iter().filter(|p| p.overlaps(pattern))
+    }
+}
+
+/// Which topics a subscriber may read: the public ones, and the private
+/// ones its grants cover. A topic is private when `private` matches it.
+#[derive(Debug, Clone)]
+pub struct Access {
+    private: Arc<PatternSet>,
+    grants: Arc<PatternSet>,
+}
+
+impl Access {
+    pub fn new(private: Arc<PatternSet>, grants: Arc<PatternSet>) -> Access {
+        Access { private, grants }
+    }
+
+    pub fn allows(&self, topic: &str) -> bool {
+        !self.private.matches(topic) || self.grants.matches(topic)
+    }
+}
+
 /// The set of topics and patterns one subscription asked for.
 #[derive(Debug, Clone, Default)]
 pub struct TopicFilter {
-    exact: HashSet<Box<str>>,
-    wildcards: Vec<Pattern>,
+    patterns: PatternSet,
     /// As the client listed them (deduplicated), for `/clients`.
     listed: Vec<Box<str>>,
+    /// What the wildcards may match beyond what they name: `None` when
+    /// none of them can match a private topic (see [`TopicFilter::restrict`]).
+    access: Option<Access>,
 }
 
 impl TopicFilter {
@@ -186,11 +274,7 @@ impl TopicFilter {
                 return Err(TopicError::TooMany(max));
             }
             filter.listed.push(entry.into());
-            if pattern.is_exact() {
-                filter.exact.insert(entry.into());
-            } else {
-                filter.wildcards.push(pattern);
-            }
+            filter.patterns.insert(pattern);
         }
         if filter.listed.is_empty() {
             return Err(TopicError::NoTopics);
@@ -198,16 +282,48 @@ impl TopicFilter {
         Ok(filter)
     }
 
+    /// Limits the filter to what `access` lets its subscriber read. An
+    /// exact topic it may not read is refused: the first such topic is the
+    /// error. A wildcard keeps matching only the topics `access` allows; the
+    /// check is kept for the private patterns a wildcard can overlap, and
+    /// dropped when there are none, so a filter that cannot meet a private
+    /// topic costs nothing more to match. Exact topics are never checked
+    /// again, which keeps the fan-out's index by topic valid.
+    pub fn restrict(mut self, access: &Access) -> Result<TopicFilter, String> {
+        if let Some(denied) = self.patterns.exact.iter().find(|t| !access.allows(t)) {
+            return Err(denied.to_string());
+        }
+        let mut private = PatternSet::default();
+        for wildcard in &self.patterns.wildcards {
+            for pattern in access.private.overlapping(wildcard) {
+                private.insert(pattern.clone());
+            }
+            for topic in &access.private.exact {
+                if wildcard.matches(topic) {
+                    private.exact.insert(topic.clone());
+                }
+            }
+        }
+        self.access = (!private.is_empty()).then(|| Access {
+            private: Arc::new(private),
+            grants: access.grants.clone(),
+        });
+        Ok(self)
+    }
+
     pub fn matches(&self, topic: &str) -> bool {
-        self.exact.contains(topic) || self.wildcards.iter().any(|p| p.matches(topic))
+        self.patterns.exact.contains(topic)
+            || (self.patterns.wildcards.iter().any(|p| p.matches(topic))
+                && self.access.as_ref().is_none_or(|a| a.allows(topic)))
     }
 
     /// The exact topics, when the filter has no wildcard: the fan-out then
     /// indexes the subscriber by topic instead of testing it on every event.
     pub fn exact_topics(&self) -> Option<impl Iterator<Item = &str>> {
-        self.wildcards
+        self.patterns
+            .wildcards
             .is_empty()
-            .then(|| self.exact.iter().map(|t| &**t))
+            .then(|| self.patterns.exact.iter().map(|t| &**t))
     }
 
     /// The entries as listed by the client.
@@ -333,5 +449,86 @@ mod tests {
         let mut topics: Vec<_> = exact.exact_topics().unwrap().collect();
         topics.sort();
         assert_eq!(topics, ["x", "y"]);
+    }
+
+    fn overlap(a: &str, b: &str) -> bool {
+        let (a, b) = (Pattern::parse(a).unwrap(), Pattern::parse(b).unwrap());
+        assert_eq!(a.overlaps(&b), b.overlaps(&a), "symmetric");
+        a.overlaps(&b)
+    }
+
+    #[test]
+    fn patterns_overlap_when_a_topic_matches_both() {
+        for (a, b) in [
+            ("**", "secret/**"),
+            ("*/x", "secret/*"),
+            ("a/*/c", "a/b/*"),
+            ("a/**", "a/b/c/d"),
+            ("*", "users"),
+            ("$sys/*", "$sys/**"),
+            ("a/*/**", "a/b/c"),
+        ] {
+            assert!(overlap(a, b), "{a} and {b}");
+        }
+        for (a, b) in [
+            ("**", "$sys/**"),
+            ("*/clients", "$sys/clients"),
+            ("trades/*", "secret/**"),
+            ("a/*", "a/b/c"),
+            ("a/**", "a"),
+            ("a/*/**", "a/b"),
+            ("*", "a/*"),
+        ] {
+            assert!(!overlap(a, b), "{a} and {b}");
+        }
+    }
+
+    fn access(private: &[&str], grants: &[&str]) -> Access {
+        let set = |list: &[&str]| Arc::new(PatternSet::parse(list.iter().copied()).unwrap());
+        Access::new(set(private), set(grants))
+    }
+
+    #[test]
+    fn private_topics_need_a_grant() {
+        let a = access(&["secret/**", "users/*", "$sys/**"], &["secret/alice/**"]);
+        assert!(a.allows("public") && a.allows("users/a/b"));
+        assert!(a.allows("secret/alice/x") && !a.allows("secret/bob/x"));
+        assert!(!a.allows("users/bob") && !a.allows("$sys/clients"));
+    }
+
+    #[test]
+    fn a_restricted_filter_refuses_private_exact_topics() {
+        let a = access(&["secret/**", "$sys/**"], &["secret/alice"]);
+        let restrict = |entries: &[&str]| {
+            TopicFilter::parse(entries.iter().copied(), 10)
+                .unwrap()
+                .restrict(&a)
+        };
+        assert_eq!(restrict(&["x", "secret/bob"]).unwrap_err(), "secret/bob");
+        assert_eq!(restrict(&["$sys/clients"]).unwrap_err(), "$sys/clients");
+        let granted = restrict(&["secret/alice", "x"]).unwrap();
+        assert!(granted.matches("secret/alice") && granted.exact_topics().is_some());
+    }
+
+    #[test]
+    fn a_restricted_wildcard_never_matches_a_private_topic_it_may_not_read() {
+        let a = access(&["secret/**", "users/bob", "$sys/**"], &["secret/alice/*"]);
+        let all = TopicFilter::parse(["**"], 10)
+            .unwrap()
+            .restrict(&a)
+            .unwrap();
+        assert!(all.matches("trades/x") && all.matches("secret/alice/y"));
+        assert!(!all.matches("secret/bob/y") && !all.matches("users/bob"));
+        let sys = TopicFilter::parse(["$sys/*"], 10)
+            .unwrap()
+            .restrict(&a)
+            .unwrap();
+        assert!(!sys.matches("$sys/clients"));
+        // A wildcard that cannot meet a private topic keeps no check at all.
+        let trades = TopicFilter::parse(["trades/*"], 10).unwrap();
+        assert!(trades.restrict(&a).unwrap().access.is_none());
+        let users = TopicFilter::parse(["users/*"], 10).unwrap();
+        let users = users.restrict(&a).unwrap();
+        assert!(users.matches("users/alice") && !users.matches("users/bob"));
     }
 }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::auth::Admin;
 use crate::event::format_time;
 
 /// The hub's description, as JSON; a browser (`Accept: text/html`) is sent
@@ -71,7 +72,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn clients(State(state): State<AppState>) -> Json<Value> {
+pub async fn clients(_: Admin, State(state): State<AppState>) -> Json<Value> {
     let clients: Vec<Value> = state
         .hub
         .clients()
@@ -95,7 +96,7 @@ pub async fn clients(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "count": clients.len(), "clients": clients }))
 }
 
-pub async fn topics(State(state): State<AppState>) -> Json<Value> {
+pub async fn topics(_: Admin, State(state): State<AppState>) -> Json<Value> {
     let topics: Vec<Value> = state
         .hub
         .topics()

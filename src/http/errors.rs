@@ -55,6 +55,17 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: name the scheme, and say when the token was bad.
+            let challenge = match self.code {
+                "invalid_token" => r#"Bearer realm="sluice", error="invalid_token""#,
+                _ => r#"Bearer realm="sluice""#,
+            };
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(challenge),
+            );
+        }
         response.extensions_mut().insert(Rejected(self.code));
         response
     }
@@ -170,6 +181,27 @@ mod tests {
         );
         let plain = ApiError::bad_request("x", "y").into_response();
         assert!(!plain.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_401_names_the_bearer_scheme() {
+        let challenge = |error: ApiError| {
+            let response = error.into_response();
+            let value = response.headers().get(axum::http::header::WWW_AUTHENTICATE);
+            value.map(|v| v.to_str().unwrap().to_string())
+        };
+        let missing = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no token");
+        assert_eq!(
+            challenge(missing).as_deref(),
+            Some(r#"Bearer realm="sluice""#)
+        );
+        let bad = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "expired");
+        assert_eq!(
+            challenge(bad).as_deref(),
+            Some(r#"Bearer realm="sluice", error="invalid_token""#)
+        );
+        let forbidden = ApiError::new(StatusCode::FORBIDDEN, "forbidden", "not granted");
+        assert_eq!(challenge(forbidden), None);
     }
 
     #[test]

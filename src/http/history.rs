@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::errors::ApiError;
 use super::subscribe::list;
+use crate::auth::Caller;
 use crate::event::EventId;
 use crate::frame;
 use crate::hub::HistoryPage;
-use crate::topic::TopicFilter;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
@@ -110,10 +110,11 @@ fn body(page: &HistoryPage, requested: Option<EventId>) -> Vec<u8> {
 /// `GET /history`.
 pub async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref())?;
-    let filter = TopicFilter::parse(
+    let filter = caller.filter(
         params.topics.iter().map(String::as_str),
         state.config.max_topics,
     )?;

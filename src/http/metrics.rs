@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::errors::Rejected;
+use crate::auth::Admin;
 use crate::metrics::CONTENT_TYPE;
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(_: Admin, State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         state.hub.render_metrics(),

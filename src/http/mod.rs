@@ -23,6 +23,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Limits;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The demo producers, for `/health`; empty without `--demo`.
     pub producers: Arc<Producers>,
+    /// Who may do what: the JWT key, the private topics.
+    pub auth: Arc<Auth>,
     /// Connection and publish counts against their limits, shared with
     /// the accept loop.
     pub limits: Arc<Limits>,
@@ -43,6 +46,12 @@ pub struct AppState {
 impl AppState {
     fn max_body(&self) -> usize {
         usize::try_from(self.config.max_body.as_u64()).unwrap_or(usize::MAX)
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Arc<Auth> {
+        state.auth.clone()
     }
 }
 

@@ -5,12 +5,13 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::subscribe::body;
+use crate::auth::Expiry;
 use crate::frame::{self, GAP_TYPE, KEEPALIVE_TYPE};
 use crate::hub::presence::Presence;
 use crate::hub::subscription::{Item, Subscription};
 
-pub fn response(subscription: Subscription, presence: Presence) -> Response {
-    let body = body(subscription, presence, None, |item| match item {
+pub fn response(subscription: Subscription, presence: Presence, expiry: Expiry) -> Response {
+    let body = body(subscription, presence, expiry, None, |item| match item {
         Item::Event { event, .. } => event.envelope_line().clone(),
         Item::Gap { requested, oldest } => frame::control_line(
             GAP_TYPE,

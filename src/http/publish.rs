@@ -4,6 +4,10 @@
 //! A publisher that may retry names its publish with an `Idempotency-Key`
 //! header (or a `"key"` on each event): a retry within the window is
 //! answered `200` with the original ids, and nothing is published twice.
+//!
+//! Who may publish is checked twice: whether the caller may publish at all
+//! before the body is read, and whether it may publish to each topic once
+//! the body is validated (`auth::Caller`).
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -15,6 +19,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::errors::ApiError;
+use crate::auth::Caller;
 use crate::event::NewEvent;
 use crate::log::Appended;
 use crate::validate;
@@ -80,10 +85,12 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 /// `"duplicate": true`; a batch mixing both counts its `"duplicates"`).
 async fn publish_events(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     mut events: Vec<NewEvent>,
     single: bool,
 ) -> Result<Response, ApiError> {
+    caller.may_publish_to(events.iter().map(|e| e.topic.as_str()))?;
     if let Some(key) = headers.get(IDEMPOTENCY_KEY) {
         let key = key.to_str().map_err(|_| {
             ApiError::from(validate::InvalidEvent::Key(
@@ -114,30 +121,34 @@ async fn publish_events(
 
 pub async fn publish(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    caller.may_publish()?;
     let format = body_format(&headers)?;
     let body = read_body(&headers, body, state.max_body()).await?;
     match format {
         BodyFormat::Json => {
             let event = validate::json_event(&body)?;
-            publish_events(&state, &headers, vec![event], true).await
+            publish_events(&state, &caller, &headers, vec![event], true).await
         }
         BodyFormat::Ndjson => {
             let events = validate::ndjson_batch(&body)?;
-            publish_events(&state, &headers, events, false).await
+            publish_events(&state, &caller, &headers, events, false).await
         }
     }
 }
 
 pub async fn publish_to_topic(
     State(state): State<AppState>,
+    caller: Caller,
     topic: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    caller.may_publish()?;
     let Path(topic) = topic.map_err(|e| ApiError::bad_request("invalid_topic", e.body_text()))?;
     let kind = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(key, _)| key == "type")
@@ -145,5 +156,5 @@ pub async fn publish_to_topic(
     let is_json = media_type(&headers).as_deref() == Some("application/json");
     let body = read_body(&headers, body, state.max_body()).await?;
     let event = validate::raw_event(topic, kind, &body, is_json)?;
-    publish_events(&state, &headers, vec![event], true).await
+    publish_events(&state, &caller, &headers, vec![event], true).await
 }

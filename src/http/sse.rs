@@ -5,6 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::subscribe::body;
+use crate::auth::Expiry;
 use crate::frame;
 use crate::hub::presence::Presence;
 use crate::hub::subscription::{Item, Subscription};
@@ -12,12 +13,14 @@ use crate::hub::subscription::{Item, Subscription};
 pub fn response(
     subscription: Subscription,
     presence: Presence,
+    expiry: Expiry,
     retry_ms: u64,
     envelope: bool,
 ) -> Response {
     let body = body(
         subscription,
         presence,
+        expiry,
         Some(frame::sse_retry(retry_ms)),
         move |item| match item {
             Item::Event { event, .. } => event.sse_frame(envelope).clone(),

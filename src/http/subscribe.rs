@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, State, rejection::PathRejection};
+use axum::extract::{FromRef, FromRequestParts, Path, State, rejection::PathRejection};
 use axum::http::{HeaderMap, header, request::Parts};
 use axum::response::Response;
 use bytes::Bytes;
@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::ApiError;
 use super::{AppState, ndjson, sse};
+use crate::auth::{Auth, Caller, Expiry};
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
 use crate::server::ConnInfo;
-use crate::topic::TopicFilter;
 
 const MAX_CLIENT_NAME: usize = 256;
 const MAX_TAGS: usize = 32;
@@ -142,19 +142,25 @@ fn negotiated(headers: &HeaderMap) -> Format {
     }
 }
 
-/// What every subscribe endpoint reads from the request: the parameters,
-/// the connection it came on, and the format `Accept` asks for.
+/// What every subscribe endpoint reads from the request: the caller, the
+/// parameters, the connection it came on, and the format `Accept` asks for.
 pub struct SubscribeParts {
+    pub(super) caller: Caller,
     pub(super) params: Params,
     pub(super) conn: Option<ConnInfo>,
     accepted: Format,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for SubscribeParts {
+impl<S> FromRequestParts<S> for SubscribeParts
+where
+    S: Send + Sync,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         Ok(SubscribeParts {
+            caller: Caller::from_request_parts(parts, state).await?,
             params: Params::parse(parts.uri.query(), &parts.headers)?,
             conn: parts.extensions.get::<ConnInfo>().cloned(),
             accepted: negotiated(&parts.headers),
@@ -163,8 +169,13 @@ impl<S: Send + Sync> FromRequestParts<S> for SubscribeParts {
 }
 
 fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Response, ApiError> {
-    let SubscribeParts { params, conn, .. } = request;
-    let filter = TopicFilter::parse(
+    let SubscribeParts {
+        caller,
+        params,
+        conn,
+        ..
+    } = request;
+    let filter = caller.filter(
         params.topics.iter().map(String::as_str),
         state.config.max_topics,
     )?;
@@ -182,14 +193,16 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
         on_cut_off: on_cut_off.clone(),
     });
     let presence = state.hub.connect(info, topics, on_cut_off);
+    let expiry = caller.expiry();
     Ok(match format {
         Format::Sse => sse::response(
             subscription,
             presence,
+            expiry,
             state.config.retry_ms,
             params.envelope,
         ),
-        Format::Ndjson => ndjson::response(subscription, presence),
+        Format::Ndjson => ndjson::response(subscription, presence, expiry),
     })
 }
 
@@ -240,13 +253,14 @@ pub async fn ndjson(
 }
 
 /// A streaming body: an optional preamble, then each item of the
-/// subscription encoded by `encode`. A clean end (shutdown) finishes the
-/// response properly so the client reconnects; a cut-off aborts it. The
-/// connection's presence lives as long as the body, and counts what it
-/// hands to hyper for the socket.
+/// subscription encoded by `encode`. A clean end (shutdown, or the expiry
+/// of the caller's token) finishes the response properly so the client
+/// reconnects; a cut-off aborts it. The connection's presence lives as
+/// long as the body, and counts what it hands to hyper for the socket.
 pub fn body<F>(
     subscription: Subscription,
     presence: Presence,
+    expiry: Expiry,
     preamble: Option<Bytes>,
     encode: F,
 ) -> Body
@@ -256,9 +270,18 @@ where
     if let Some(preamble) = &preamble {
         presence.sent(preamble.len());
     }
-    let items = stream::unfold(Some((subscription, presence)), move |state| async move {
-        let (mut subscription, mut presence) = state?;
-        match subscription.next().await {
+    let state = Some((subscription, presence, expiry));
+    let items = stream::unfold(state, move |state| async move {
+        let (mut subscription, mut presence, mut expiry) = state?;
+        let next = tokio::select! {
+            biased;
+            _ = expiry.wait() => {
+                presence.end(Reason::Expired);
+                return None;
+            }
+            next = subscription.next() => next,
+        };
+        match next {
             Ok(item) => {
                 let delivered = match &item {
                     Item::Event { dispatched, .. } => Some(*dispatched),
@@ -269,7 +292,7 @@ where
                 if let Some(dispatched) = delivered {
                     presence.delivered(dispatched);
                 }
-                Some((Ok(bytes), Some((subscription, presence))))
+                Some((Ok(bytes), Some((subscription, presence, expiry))))
             }
             Err(End::Closed) => None,
             Err(End::Failed) => {

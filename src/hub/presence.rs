@@ -48,7 +48,7 @@ pub enum Reason {
     Closed,
     /// Cut off for falling behind its buffer.
     Slow,
-    /// A WebSocket that did not answer a ping in time.
+    /// Its token expired, or a WebSocket did not answer a ping in time.
     Expired,
     /// The hub is shutting down.
     Shutdown,

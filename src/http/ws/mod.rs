@@ -8,6 +8,8 @@
 //! no-gap seam as SSE. Every event is one text frame, its envelope JSON,
 //! the same bytes for every subscriber. The server pings every
 //! `--keepalive` and closes peers that have not answered by the next ping.
+//! A socket opened with a token is closed with `1008` when the token
+//! expires; its commands are allowed what the token grants.
 
 pub(super) mod command;
 
@@ -29,6 +31,7 @@ use super::AppState;
 use super::errors::ApiError;
 use super::limits;
 use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
+use crate::auth::{Caller, Expiry};
 use crate::frame::{self, GAP_TYPE};
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
@@ -63,19 +66,23 @@ pub async fn upgrade(
         )
     })?;
     // Topics on the URL are checked before the upgrade, so that a bad one
-    // is a plain 400 like on the other transports.
+    // is a plain 400 (or 401, 403) like on the other transports; so is a
+    // socket without a token where subscribing needs one.
+    let caller = request.caller;
+    caller.read_access()?;
     let filter = if request.params.topics.is_empty() {
         None
     } else {
         let topics = request.params.topics.iter().map(String::as_str);
-        Some(TopicFilter::parse(topics, state.config.max_topics)?)
+        Some(caller.filter(topics, state.config.max_topics)?)
     };
     let max = state.max_body();
     Ok(upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let session = Session::new(state, request.params, request.conn.as_ref(), filter);
+            let session =
+                Session::new(state, caller, request.params, request.conn.as_ref(), filter);
             session.run(socket)
         })
         .into_response())
@@ -103,11 +110,16 @@ struct Session {
     subscription: Option<Subscription>,
     /// Cancelled by the fan-out when this socket falls behind its buffer.
     cut_off: CancellationToken,
+    /// Who opened the socket: what its commands may do.
+    caller: Caller,
+    /// When the caller's token expires, closing the socket.
+    expiry: Expiry,
 }
 
 impl Session {
     fn new(
         state: AppState,
+        caller: Caller,
         params: Params,
         conn: Option<&crate::server::ConnInfo>,
         filter: Option<TopicFilter>,
@@ -126,6 +138,8 @@ impl Session {
             presence,
             subscription,
             cut_off,
+            expiry: caller.expiry(),
+            caller,
         }
     }
 
@@ -140,6 +154,7 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => Step::Close(GOING_AWAY, "the hub is shutting down"),
                 _ = self.cut_off.cancelled() => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
+                _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
                 message = incoming.next() => match message {
                     None => Step::Stop(Reason::Closed),
                     // The library queued the reply to the peer's close
@@ -256,6 +271,11 @@ impl Session {
         let reply = match parsed {
             Err(refused) => refuse(refused.op.as_deref(), refused.error),
             Ok(Command::Ping) => json!({ "ok": true, "op": "pong" }),
+            Ok(Command::Publish(event))
+                if let Err(error) = self.caller.may_publish_to([event.topic.as_str()]) =>
+            {
+                refuse(Some("publish"), error)
+            }
             Ok(Command::Publish(event)) => match hub.publish(vec![event]).await {
                 Ok(outcomes) => {
                     hub.metrics().published_in(received);
@@ -322,7 +342,7 @@ impl Session {
                 listed.push(topic);
             }
         }
-        let filter = TopicFilter::parse(listed.iter().map(String::as_str), max)?;
+        let filter = self.caller.filter(listed.iter().map(String::as_str), max)?;
         match &mut self.subscription {
             Some(subscription) => subscription.set_filter(filter),
             None => {
@@ -347,7 +367,9 @@ impl Session {
         if remaining.is_empty() {
             self.subscription = None;
         } else if let Some(subscription) = &mut self.subscription {
-            let filter = TopicFilter::parse(remaining.iter().map(String::as_str), usize::MAX)?;
+            let filter = self
+                .caller
+                .filter(remaining.iter().map(String::as_str), usize::MAX)?;
             subscription.set_filter(filter);
         }
         self.presence.set_topics(remaining);
@@ -372,6 +394,7 @@ fn open(
 }
 
 const TOO_SLOW: &str = "too slow: fell behind its buffer; reconnect with last_event_id";
+const TOKEN_EXPIRED: &str = "the token expired: reconnect with a fresh one";
 
 /// The next item of the socket's subscription; never, while it has none.
 async fn next_item(subscription: &mut Option<Subscription>) -> Result<Item, End> {
