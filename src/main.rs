@@ -39,7 +39,7 @@ enum Command {
     Sub(sluice::client::subscribe::SubArgs),
     /// Stream a data set (JSON array or NDJSON) into a topic at a steady rate.
     Replay(sluice::client::replay::ReplayArgs),
-    /// Load the hub and measure it: publish throughput, replay speed.
+    /// Load the hub and measure it: publishing, replay, fan-out, idle memory.
     Bench(sluice::bench::BenchArgs),
     /// Mint a token from the hub's --jwt-secret, for development and scripts.
     Token(sluice::auth::mint::TokenArgs),

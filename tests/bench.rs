@@ -170,3 +170,111 @@ async fn an_unreachable_hub_is_one_line_on_stderr() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn fanout_delivers_every_event_to_every_subscriber_over_each_transport() {
+    let hub = Hub::start(&["--storage", "memory"]).await;
+    for transport in ["sse", "ws", "ndjson"] {
+        let report = bench(
+            &hub,
+            &[
+                "fanout",
+                "--transport",
+                transport,
+                "--subscribers",
+                "6",
+                "--topics",
+                "2",
+                "--wildcards",
+                "2",
+                "--publishers",
+                "2",
+                "--rate",
+                "200",
+                "--duration",
+                "1s",
+                "--settle",
+                "100ms",
+            ],
+        )
+        .await;
+        assert_eq!(report["scenario"], "fanout");
+        assert_eq!(report["transport"], transport);
+        assert_eq!(report["publish_errors"], 0, "{report:#}");
+        let published = number(&report, "/published");
+        assert!(published > 0.0, "{report:#}");
+        // Each event has the 2 subscribers of every topic, and 2 of the 4
+        // others, on its own topic.
+        assert_eq!(number(&report, "/expected"), published * 4.0, "{report:#}");
+        assert_eq!(report["received"], report["expected"], "{report:#}");
+        assert_eq!(report["delivery_ratio"], 1.0);
+        assert_eq!(report["lost_subscribers"], 0);
+        assert_eq!(number(&report, "/latency/count"), published * 4.0);
+        assert_eq!(number(&report, "/publish_latency/count"), published);
+        let (p50, p99, max) = (
+            number(&report, "/latency/p50_us"),
+            number(&report, "/latency/p99_us"),
+            number(&report, "/latency/max_us"),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{report:#}");
+        assert!(number(&report, "/deliveries_per_second") > 0.0);
+        assert_cpu_measured(&report);
+
+        // The hub stored what the bench says it published, on the run's
+        // topics.
+        let prefix = report["pattern"].as_str().unwrap().trim_end_matches('*');
+        let (_, topics) = hub.get_json("/topics").await;
+        let stored: f64 = topics["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"].as_str().unwrap().starts_with(prefix))
+            .map(|t| number(t, "/retained"))
+            .sum();
+        assert_eq!(stored, published, "{topics:#}");
+    }
+}
+
+#[tokio::test]
+async fn idle_reports_the_hubs_memory_per_connection() {
+    let hub = Hub::start(&["--storage", "memory"]).await;
+    let report = bench(&hub, &["idle", "--connections", "100", "--settle", "200ms"]).await;
+    assert_eq!(report["scenario"], "idle");
+    assert_eq!(report["target"], "sluice");
+    assert_eq!(report["connections"], 100);
+    let (before, after) = (
+        number(&report, "/before/rss_bytes"),
+        number(&report, "/after/rss_bytes"),
+    );
+    // A hub holds at least a megabyte, and less than a gigabyte here.
+    assert!((1e6..1e9).contains(&before), "{report:#}");
+    let per_connection = number(&report, "/rss_per_connection");
+    assert_eq!(per_connection, (after - before) / 100.0, "{report:#}");
+    // Each connection costs the hub something, and less than a megabyte.
+    assert!(0.0 < per_connection && per_connection < 1e6, "{report:#}");
+    assert!(number(&report, "/pss_per_connection") < 1e6, "{report:#}");
+}
+
+#[tokio::test]
+async fn scenarios_that_cannot_measure_say_why() {
+    let hub = Hub::start(&["--storage", "memory"]).await;
+    for (args, why) in [
+        (&["idle", "-n", "1"][..], "--hub-pid"),
+        (
+            &["fanout", "--target", "nchan", "--transport", "ndjson"],
+            "no NDJSON",
+        ),
+        (&["fanout", "--size", "10"], "--size must be at least 14"),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("bench")
+            .args(args)
+            .args(["--url", &hub.url])
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+}

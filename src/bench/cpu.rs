@@ -1,6 +1,7 @@
 //! CPU time over a measured span: the bench's own, so that a reader can tell
 //! whether the load client had room to spare or was the bottleneck, and the
-//! hub's, when it runs on this machine and its process id is given.
+//! hub's, when it runs on this machine and its process ids are given (nginx
+//! is a master process and its workers: all of them count).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,38 +12,51 @@ use nix::sys::time::TimeVal;
 use serde::Serialize;
 
 /// Samples the CPU time of this process and, optionally, of the hub.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuMeter {
-    hub: Option<u32>,
+    /// The hub's processes: none when they were not given.
+    hub: Vec<u32>,
 }
 
 impl CpuMeter {
-    /// Checks that the hub's process can be read now, rather than after a
+    /// Checks that the hub's processes can be read now, rather than after a
     /// long run.
-    pub fn new(hub_pid: Option<u32>) -> anyhow::Result<CpuMeter> {
-        if let Some(pid) = hub_pid {
-            hub_threads(pid)?;
-        }
-        Ok(CpuMeter { hub: hub_pid })
+    pub fn new(hub_pids: &[u32]) -> anyhow::Result<CpuMeter> {
+        let meter = CpuMeter {
+            hub: hub_pids.to_vec(),
+        };
+        meter.hub_threads()?;
+        Ok(meter)
     }
 
     /// Starts a span: CPU times and the wall clock now.
     pub fn start(&self) -> anyhow::Result<CpuSpan> {
         Ok(CpuSpan {
-            hub: self
-                .hub
-                .map(|pid| anyhow::Ok((pid, hub_threads(pid)?)))
-                .transpose()?,
+            meter: self.clone(),
+            hub: self.hub_threads()?,
             bench: own_cpu_time()?,
             wall: Instant::now(),
         })
+    }
+
+    /// The CPU times of the hub's threads, when its processes were given.
+    fn hub_threads(&self) -> anyhow::Result<Option<Threads>> {
+        if self.hub.is_empty() {
+            return Ok(None);
+        }
+        let mut threads = Threads::new();
+        for &pid in &self.hub {
+            threads.extend(hub_threads(pid)?);
+        }
+        Ok(Some(threads))
     }
 }
 
 /// CPU times at the start of a span.
 #[derive(Debug)]
 pub struct CpuSpan {
-    hub: Option<(u32, Threads)>,
+    meter: CpuMeter,
+    hub: Option<Threads>,
     bench: Duration,
     wall: Instant,
 }
@@ -53,9 +67,9 @@ impl CpuSpan {
     pub fn finish(self, events: u64) -> anyhow::Result<Cpu> {
         let wall = self.wall.elapsed().as_secs_f64();
         let bench = (own_cpu_time()? - self.bench).as_secs_f64();
-        let hub = match self.hub {
-            None => None,
-            Some((pid, start)) => Some(since(&start, &hub_threads(pid)?).as_secs_f64()),
+        let hub = match (self.hub, self.meter.hub_threads()?) {
+            (Some(start), Some(end)) => Some(since(&start, &end).as_secs_f64()),
+            _ => None,
         };
         Ok(Cpu::new(wall, bench, hub, events))
     }
@@ -90,8 +104,9 @@ impl Cpu {
         }
     }
 
-    /// Table rows.
-    pub fn rows(&self) -> Vec<(&'static str, String)> {
+    /// Table rows; `per_event` labels the hub's CPU time per event (what
+    /// the scenario counts as one).
+    pub fn rows(&self, per_event: &'static str) -> Vec<(&'static str, String)> {
         let mut rows = vec![(
             "bench CPU",
             format!(
@@ -103,7 +118,7 @@ impl Cpu {
             rows.push(("hub CPU", format!("{seconds:.2} s ({cores:.2} cores)")));
         }
         if let Some(us) = self.hub_us_per_event {
-            rows.push(("hub CPU per event", format!("{us:.2} µs")));
+            rows.push((per_event, format!("{us:.2} µs")));
         }
         rows
     }
@@ -119,10 +134,12 @@ fn duration(time: TimeVal) -> Duration {
     Duration::from_secs(time.tv_sec() as u64) + Duration::from_micros(time.tv_usec() as u64)
 }
 
-/// Time on CPU of each thread of a process, in nanoseconds, by thread id.
+/// Time on CPU of each thread, in nanoseconds, by thread id (unique across
+/// processes).
 type Threads = HashMap<u32, u64>;
 
-/// The hub's threads' CPU times, from `/proc/<pid>/task/*/schedstat`: in
+/// The CPU times of a hub's process's threads, from
+/// `/proc/<pid>/task/*/schedstat`: in
 /// nanoseconds, where `/proc/<pid>/stat` counts clock ticks (10 ms), too
 /// coarse for a replay that lasts a few of them.
 fn hub_threads(pid: u32) -> anyhow::Result<Threads> {
@@ -179,7 +196,7 @@ mod tests {
 
     #[test]
     fn own_process_is_measured_and_read_like_a_hub() {
-        let meter = CpuMeter::new(Some(std::process::id())).unwrap();
+        let meter = CpuMeter::new(&[std::process::id()]).unwrap();
         let span = meter.start().unwrap();
         let mut x = 0u64;
         for i in 0..5_000_000u64 {
@@ -195,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_missing_hub_is_refused_at_once() {
-        let error = CpuMeter::new(Some(u32::MAX)).unwrap_err();
+        let error = CpuMeter::new(&[std::process::id(), u32::MAX]).unwrap_err();
         assert!(format!("{error:#}").contains("--hub-pid"), "{error:#}");
     }
 

@@ -9,15 +9,22 @@
 //! its own, so at a replay's hundreds of thousands of events per second
 //! those hand-overs, not the hub, would set the pace; and a publish would
 //! cost two task wake-ups more than it needs.
+//!
+//! Every connection of a run is opened here (`Target::connect`), which
+//! spreads them over source addresses when there are more than one address
+//! can hold.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use hyper::{StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::wire::{Framing, parse_head};
 
@@ -26,6 +33,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes read from a socket at a time, and the largest response head.
 const READ_SIZE: usize = 256 * 1024;
+
+/// Connections opened from one source address before the next one is
+/// used. A client address and a hub address have as many connections as
+/// there are ephemeral ports (28,232 in Linux's default range, 32768 to
+/// 60999), some of which closed connections of earlier runs may still hold
+/// in TIME_WAIT; below that, with room to spare.
+const PER_SOURCE: u64 = 20_000;
 
 /// The hub under load: every request of a run goes to this address, and to
 /// no other.
@@ -40,6 +54,9 @@ pub struct Target {
     prefix: String,
     /// The URL as given, for the report.
     pub url: String,
+    /// Connections opened so far, by all clones: which source address the
+    /// next one comes from.
+    opened: Arc<AtomicU64>,
 }
 
 impl Target {
@@ -60,33 +77,79 @@ impl Target {
             host: authority.as_str().to_string(),
             prefix: uri.path().trim_end_matches('/').to_string(),
             url: url.to_string(),
+            opened: Arc::default(),
         })
     }
 
-    /// Opens a keep-alive connection to the hub.
+    /// Opens a keep-alive connection to the hub, which reads up to 256 KiB
+    /// at a time.
     pub async fn connect(&self) -> anyhow::Result<Connection> {
-        let socket = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+        self.connect_with_buffer(READ_SIZE).await
+    }
+
+    /// Opens a keep-alive connection to the hub whose reads take up to
+    /// `buffer` bytes (also the largest response head it takes).
+    pub async fn connect_with_buffer(&self, buffer: usize) -> anyhow::Result<Connection> {
+        let index = self.opened.fetch_add(1, Ordering::Relaxed);
+        let socket = tokio::time::timeout(CONNECT_TIMEOUT, self.dial(index))
             .await
             .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
-            .and_then(|connected| Ok(connected?))
+            .and_then(|connected| connected)
             .with_context(|| format!("cannot connect to the hub at {}", self.url))?;
         // Requests are small and each waits for its answer: Nagle would hold
         // them back for nothing.
         socket.set_nodelay(true)?;
         Ok(Connection {
             socket,
-            buffer: vec![0; READ_SIZE],
+            buffer: vec![0; buffer],
             unread: 0..0,
         })
     }
 
-    /// A whole request, head and body, ready to be written as it is.
-    pub fn request(&self, method: &str, endpoint: &str, body: Option<(&str, &[u8])>) -> Bytes {
+    /// Connects the `index`th connection of the run, from the source
+    /// address `source_address` gives it, to the first of the hub's
+    /// addresses that answers.
+    async fn dial(&self, index: u64) -> anyhow::Result<TcpStream> {
+        let mut last_error = None;
+        for destination in tokio::net::lookup_host(&self.address).await? {
+            let socket = match destination {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            if let Some(source) = source_address(destination, index) {
+                socket
+                    .bind(source)
+                    .with_context(|| format!("cannot bind a connection to {source}"))?;
+            }
+            match socket.connect(destination).await {
+                Ok(connected) => return Ok(connected),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.map_or_else(
+            || anyhow::anyhow!("{} has no address", self.address),
+            anyhow::Error::from,
+        ))
+    }
+
+    /// A whole request, head and body, ready to be written as it is, with
+    /// `headers` besides `Host` (and the body's `Content-Type` and
+    /// `Content-Length`).
+    pub fn request(
+        &self,
+        method: &str,
+        endpoint: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> Bytes {
         let mut request = format!(
             "{method} {}{endpoint} HTTP/1.1\r\nHost: {}\r\n",
             self.prefix, self.host
         )
         .into_bytes();
+        for (name, value) in headers {
+            request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
         if let Some((content_type, body)) = body {
             request.extend_from_slice(
                 format!(
@@ -119,6 +182,7 @@ impl Publish {
             request: target.request(
                 "POST",
                 "/publish",
+                &[],
                 Some(("application/json", event.as_bytes())),
             ),
             events: 1,
@@ -131,6 +195,7 @@ impl Publish {
             request: target.request(
                 "POST",
                 "/publish",
+                &[],
                 Some(("application/x-ndjson", lines.as_bytes())),
             ),
             events,
@@ -163,9 +228,15 @@ impl Connection {
     }
 
     /// Sends `request`, whose answer is a stream, and reads the answer's
-    /// head, waiting at most `timeout` for it. Any answer but a `200` is an
-    /// error with the hub's message.
-    pub async fn stream(mut self, request: &[u8], timeout: Duration) -> anyhow::Result<BodyReader> {
+    /// head, waiting at most `timeout` for it. Any answer with another
+    /// status than `expect` (`200`, or `101` for a WebSocket) is an error
+    /// with the hub's message.
+    pub async fn stream(
+        mut self,
+        request: &[u8],
+        timeout: Duration,
+        expect: StatusCode,
+    ) -> anyhow::Result<BodyReader> {
         let head = async {
             self.socket.write_all(request).await?;
             self.head().await
@@ -173,7 +244,7 @@ impl Connection {
         let (status, mut framing) = tokio::time::timeout(timeout, head)
             .await
             .map_err(|_| anyhow::anyhow!("the hub did not answer within {timeout:?}"))??;
-        if status != StatusCode::OK {
+        if status != expect {
             let mut body = Vec::new();
             // An error answer is short and complete; if it cannot be read,
             // the status says enough.
@@ -270,6 +341,38 @@ impl BodyReader {
     ) -> anyhow::Result<bool> {
         self.connection.body(&mut self.framing, sink).await
     }
+
+    /// The socket, to be read from now on by the caller: the body's
+    /// framing so far, and the bytes already read from the socket but not
+    /// decoded (those after the head).
+    pub fn into_parts(self) -> (TcpStream, Framing, Vec<u8>) {
+        let Connection {
+            socket,
+            buffer,
+            unread,
+        } = self.connection;
+        (socket, self.framing, buffer[unread].to_vec())
+    }
+}
+
+/// The source address of the `index`th connection of a run to
+/// `destination`: the system's choice (`None`) for the first
+/// `PER_SOURCE`, then, to a hub on a loopback IPv4 address, `127.0.0.2`
+/// for the next `PER_SOURCE`, `127.0.0.3`… (the whole of 127.0.0.0/8 is
+/// this machine's). Elsewhere there is no address to spread over, and the
+/// system's choice stays.
+fn source_address(destination: SocketAddr, index: u64) -> Option<SocketAddr> {
+    let IpAddr::V4(ip) = destination.ip() else {
+        return None;
+    };
+    let k = u32::try_from(index / PER_SOURCE).ok()?;
+    if k == 0 || !ip.is_loopback() {
+        return None;
+    }
+    let source = u32::from(Ipv4Addr::LOCALHOST).checked_add(k)?;
+    // Within 127.0.0.0/8, short of its broadcast address.
+    (source < u32::from(Ipv4Addr::new(127, 255, 255, 255)))
+        .then(|| SocketAddr::new(Ipv4Addr::from(source).into(), 0))
 }
 
 /// One line saying why the hub refused a request: its own message when the
@@ -321,8 +424,12 @@ mod tests {
     fn requests_are_whole_http_messages() {
         let target = Target::parse("http://localhost:8000/x").unwrap();
         assert_eq!(
-            target.request("GET", "/ndjson?topics=a", None),
+            target.request("GET", "/ndjson?topics=a", &[], None),
             "GET /x/ndjson?topics=a HTTP/1.1\r\nHost: localhost:8000\r\n\r\n"
+        );
+        assert_eq!(
+            target.request("GET", "/sub/a", &[("Accept", "text/event-stream")], None),
+            "GET /x/sub/a HTTP/1.1\r\nHost: localhost:8000\r\nAccept: text/event-stream\r\n\r\n"
         );
         let publish = Publish::single(&target, r#"{"topic":"t","data":1}"#);
         assert_eq!(
@@ -334,6 +441,37 @@ mod tests {
         let batch = Publish::batch(&target, "a\nb\n", 2);
         assert!(batch.request.ends_with(b"Content-Length: 4\r\n\r\na\nb\n"));
         assert_eq!(batch.events, 2);
+    }
+
+    #[test]
+    fn connections_beyond_one_sources_ports_come_from_other_loopback_addresses() {
+        let hub: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let source = |index| source_address(hub, index).map(|a| a.to_string());
+        assert_eq!(source(0), None);
+        assert_eq!(source(PER_SOURCE - 1), None);
+        assert_eq!(source(PER_SOURCE).as_deref(), Some("127.0.0.2:0"));
+        assert_eq!(source(2 * PER_SOURCE + 5).as_deref(), Some("127.0.0.3:0"));
+        assert_eq!(source(300 * PER_SOURCE).as_deref(), Some("127.0.1.45:0"));
+        // The last address of 127.0.0.0/8 is its broadcast address.
+        assert_eq!(
+            source(((1 << 24) - 3) * PER_SOURCE).as_deref(),
+            Some("127.255.255.254:0")
+        );
+        assert_eq!(source(((1 << 24) - 2) * PER_SOURCE), None);
+        for elsewhere in ["10.0.0.1:8000", "[::1]:8000"] {
+            let hub: SocketAddr = elsewhere.parse().unwrap();
+            assert_eq!(source_address(hub, 5 * PER_SOURCE), None, "{elsewhere}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_from_another_loopback_address_reaches_the_hub() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        target.opened.store(PER_SOURCE, Ordering::Relaxed);
+        let _connection = target.connect().await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.2");
     }
 
     #[test]

@@ -292,7 +292,7 @@ impl Outcome for IngestOutcome {
                 grouped(self.requests_per_second.round() as u64),
             ),
         ];
-        rows.extend(self.cpu.rows());
+        rows.extend(self.cpu.rows("hub CPU per event"));
         rows
     }
 

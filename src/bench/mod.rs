@@ -12,15 +12,22 @@
 //!
 //! The load goes over plain keep-alive HTTP/1.1 connections, one per
 //! simulated client, with requests prepared before the clock starts and
-//! answers decoded in place (`http.rs`, `wire.rs`), so that the bench spends
-//! as little CPU per request and per event as it can: it shares the machine
-//! with the hub it measures.
+//! answers decoded in place (`http.rs`, `wire.rs`, `ws.rs`), so that the
+//! bench spends as little CPU per request and per event as it can: it
+//! shares the machine with the hub it measures. `fanout` and `idle` load
+//! nchan too, for comparison (`hubs.rs`).
 
 mod cpu;
+pub mod fanout;
 mod http;
+mod hubs;
+pub mod idle;
 pub mod ingest;
+mod memory;
 pub mod replay;
+mod stamp;
 mod wire;
+mod ws;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -49,10 +56,12 @@ pub struct Common {
     /// Print the results as one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Process id of the hub, when it runs on this machine: its CPU time
-    /// over the measurement is reported too, in all and per event.
-    #[arg(long, global = true, value_name = "PID")]
-    pub hub_pid: Option<u32>,
+    /// Process ids of the hub, when it runs on this machine (nginx: its
+    /// master and workers, comma-separated): its CPU time over the
+    /// measurement is reported too, in all and per event, and `idle` reads
+    /// its memory.
+    #[arg(long, global = true, value_name = "PID[,PID…]", value_delimiter = ',')]
+    pub hub_pid: Vec<u32>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -63,6 +72,11 @@ pub enum Scenario {
     /// Catch-up speed: publish events, then time a subscriber replaying
     /// them from far behind over NDJSON.
     Replay(replay::ReplayArgs),
+    /// Delivery to many subscribers: deliveries per second, delivery ratio
+    /// and publish-to-receive latency, while publishers publish at a rate.
+    Fanout(fanout::FanoutArgs),
+    /// The hub's memory per idle SSE connection.
+    Idle(idle::IdleArgs),
 }
 
 /// What a scenario measured: serialized as the JSON output, and shown as
@@ -84,7 +98,8 @@ pub trait Outcome: Serialize {
 impl BenchArgs {
     pub async fn run(self) -> anyhow::Result<()> {
         let target = Target::parse(&self.common.url)?;
-        let cpu = CpuMeter::new(self.common.hub_pid)?;
+        let cpu = CpuMeter::new(&self.common.hub_pid)?;
+        raise_open_files()?;
         match self.scenario {
             Scenario::Ingest(args) => emit(
                 "ingest",
@@ -98,8 +113,29 @@ impl BenchArgs {
                 &self.common,
                 &args.run(&target, cpu).await?,
             ),
+            Scenario::Fanout(args) => emit(
+                "fanout",
+                &target,
+                &self.common,
+                &args.run(&target, cpu).await?,
+            ),
+            Scenario::Idle(args) => emit(
+                "idle",
+                &target,
+                &self.common,
+                &args.run(&target, &self.common.hub_pid).await?,
+            ),
         }
     }
+}
+
+/// Raises this process's limit of open files to the most it may have:
+/// `fanout` and `idle` hold a socket per subscriber.
+fn raise_open_files() -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(())
 }
 
 /// Prints `outcome` on stdout, as JSON or as a table, then its verdict.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -296,11 +297,11 @@ async fn read_stream(
         .append_pair("topics", topic)
         .append_pair("last_event_id", from)
         .finish();
-    let request = target.request("GET", &format!("/ndjson?{query}"), None);
+    let request = target.request("GET", &format!("/ndjson?{query}"), &[], None);
     let mut body = target
         .connect()
         .await?
-        .stream(&request, stall_timeout)
+        .stream(&request, stall_timeout, StatusCode::OK)
         .await?;
     let mut lines = LineCounter::new(last);
     let mut first_event = None;
@@ -434,7 +435,7 @@ impl Outcome for ReplayOutcome {
             ("events/s", grouped(self.events_per_second.round() as u64)),
             ("MB/s", format!("{:.1}", self.mb_per_second)),
         ];
-        rows.extend(self.cpu.rows());
+        rows.extend(self.cpu.rows("hub CPU per event"));
         rows
     }
 

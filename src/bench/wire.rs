@@ -98,10 +98,9 @@ impl Framing {
         while !rest.is_empty() {
             match chunked {
                 Chunked::Size(line) => {
-                    let Some(end) = take_line(line, &mut rest)? else {
+                    let Some(size) = take_line(line, &mut rest, chunk_size)? else {
                         break;
                     };
-                    let size = chunk_size(&line[..end])?;
                     *chunked = match size {
                         0 => Chunked::Trailer(Vec::new()),
                         size => Chunked::Data(size),
@@ -125,10 +124,11 @@ impl Framing {
                     }
                 }
                 Chunked::Trailer(line) => {
-                    let Some(end) = take_line(line, &mut rest)? else {
+                    let Some(blank) = take_line(line, &mut rest, |line| Ok(line.is_empty()))?
+                    else {
                         break;
                     };
-                    if end == 0 {
+                    if blank {
                         *chunked = Chunked::Done;
                     } else {
                         line.clear();
@@ -141,22 +141,37 @@ impl Framing {
     }
 }
 
-/// Moves `rest` up to its first `\n` (taken too) onto `line`; returns the
-/// length of the completed line without its line end, or `None` when `rest`
-/// had no `\n` (then all of it was moved).
-fn take_line(line: &mut Vec<u8>, rest: &mut &[u8]) -> anyhow::Result<Option<usize>> {
-    let end = rest.iter().position(|&b| b == b'\n');
-    let taken = end.map_or(rest.len(), |end| end + 1);
-    line.extend_from_slice(&rest[..taken]);
-    *rest = &rest[taken..];
-    anyhow::ensure!(
-        line.len() <= MAX_LINE,
-        "a chunk size or trailer line too long"
-    );
-    Ok(end.map(|_| {
-        let content = line.strip_suffix(b"\n").unwrap_or(line);
-        content.strip_suffix(b"\r").unwrap_or(content).len()
-    }))
+/// Takes `rest` up to its first `\n` (taken too) as the end of the line
+/// begun in `line`, and hands the whole line, without its line end, to
+/// `parse`; returns `None` when `rest` had no `\n` (then all of it went onto
+/// `line`, to be continued by the next input). A line that comes whole in
+/// `rest` is parsed where it is, not copied: a stream has a chunk size line
+/// before every event.
+fn take_line<T>(
+    line: &mut Vec<u8>,
+    rest: &mut &[u8],
+    parse: impl FnOnce(&[u8]) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    let too_long = || anyhow::anyhow!("a chunk size or trailer line too long");
+    let Some(end) = memchr::memchr(b'\n', rest) else {
+        line.extend_from_slice(rest);
+        *rest = &[];
+        return match line.len() <= MAX_LINE {
+            true => Ok(None),
+            false => Err(too_long()),
+        };
+    };
+    let content = &rest[..end];
+    *rest = &rest[end + 1..];
+    let whole: &[u8] = match line.is_empty() {
+        true => content,
+        false => {
+            line.extend_from_slice(content);
+            line
+        }
+    };
+    anyhow::ensure!(whole.len() < MAX_LINE, too_long());
+    parse(whole.strip_suffix(b"\r").unwrap_or(whole)).map(Some)
 }
 
 /// The size in a chunk size line (`1a3;ext=1`), hexadecimal.

@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# Fan-out and idle connections, Sluice against nchan (docs/BENCHMARKS.md,
+# "Fan-out against nchan" and "Idle connections"): the same `sluice bench`
+# scenarios, run by the same client against both hubs, one after the other
+# in the same run.
+#
+#   bash bench/nchan.sh                     # about 6 minutes after the build
+#   REPEAT=1 DURATION=3s bash bench/nchan.sh
+#
+# It builds Sluice in release mode, installs nginx and its nchan module
+# (Debian's `nginx` and `libnginx-mod-nchan`, with apt-get) when they are
+# missing, and for each run of each scenario starts a new hub on a free port
+# of 127.0.0.1: Sluice with history in memory, or nginx (not as a daemon)
+# with a configuration written into a temporary directory (below). Each
+# repetition runs Sluice's and then nchan's run of a scenario, so that both
+# see the machine in the same state. At the end it prints markdown tables of
+# the medians of REPEAT runs; the raw JSON of every run is kept in the
+# temporary directory, named at the end.
+#
+# File descriptors: the soft limit (`ulimit -n`) is raised to the hard
+# limit for the hubs and the bench (`sluice bench` raises its own too); nginx
+# gets the same with `worker_rlimit_nofile`, and `worker_connections` just
+# under it. Sluice's own connection limits (10,000 in all and 256 per client
+# address by default) are raised for the run, through the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPEAT="${REPEAT:-3}"
+DURATION="${DURATION:-5s}"
+PUBLISHERS="${PUBLISHERS:-4}"
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+
+ulimit -n "$(ulimit -Hn)"
+NOFILE="$(ulimit -n)"
+if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 12000 ]; then
+  echo "10,000 connections need more open files than 'ulimit -Hn' allows ($NOFILE)" >&2
+  exit 1
+fi
+[ "$NOFILE" = unlimited ] && NOFILE=1048576
+
+if ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MODULE" ]; then
+  SUDO=
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    nginx libnginx-mod-nchan >/dev/null
+fi
+
+cargo build --release --quiet
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-nchan-bench.XXXXXX")"
+# A copy, which builds of the same tree during the run cannot replace.
+BIN="$WORK/sluice"
+cp "${CARGO_TARGET_DIR:-target}/release/sluice" "$BIN"
+INDEX="$WORK/index.tsv"
+: >"$INDEX"
+
+HUB_PID=
+stop_hub() {
+  if [ -n "$HUB_PID" ]; then
+    kill -TERM "$HUB_PID" 2>/dev/null || true
+    wait "$HUB_PID" 2>/dev/null || true
+    HUB_PID=
+  fi
+}
+trap stop_hub EXIT
+
+# start_sluice: a new hub, history in memory; sets HUB_PID, HUB_PIDS, HUB_URL.
+start_sluice() {
+  : >"$WORK/sluice.out"
+  SLUICE_MAX_CONNECTIONS=1000000 SLUICE_MAX_CONNECTIONS_PER_IP=1000000 \
+    "$BIN" serve --listen 127.0.0.1:0 --storage memory --log-level warn \
+    >"$WORK/sluice.out" 2>>"$WORK/sluice.log" &
+  HUB_PID=$!
+  HUB_PIDS=$HUB_PID
+  HUB_URL=
+  for _ in $(seq 100); do
+    HUB_URL="$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/sluice.out")"
+    [ -n "$HUB_URL" ] && return
+    kill -0 "$HUB_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "sluice did not start:" >&2
+  cat "$WORK/sluice.log" >&2
+  exit 1
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# nginx's master switches its workers to this user when it runs as root.
+NGINX_USER=
+[ "$(id -u)" = 0 ] && NGINX_USER="user root;"
+
+# start_nchan: a new nginx with nchan; sets HUB_PID (its master), HUB_PIDS
+# (master and workers), HUB_URL.
+start_nchan() {
+  local port dir="$WORK/nginx"
+  port="$(free_port)"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+load_module $NCHAN_MODULE;
+daemon off;
+$NGINX_USER
+# As many workers as cores, as a stock nginx has.
+worker_processes auto;
+worker_rlimit_nofile $NOFILE;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events {
+  worker_connections $((NOFILE - 100));
+}
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  # Messages and channels live in this shared memory (32 MiB by default).
+  nchan_shared_memory_size 256M;
+  server {
+    listen 127.0.0.1:$port;
+    # POST /pub?id=CHANNEL publishes its body.
+    location = /pub {
+      nchan_publisher;
+      nchan_channel_id \$arg_id;
+      # The message buffer: the last 1,000 messages of a channel, for up
+      # to 10 minutes (Sluice keeps 10,000 events in all by default).
+      nchan_message_buffer_length 1000;
+      nchan_message_timeout 10m;
+    }
+    # GET /sub/CHANNEL: EventSource with Accept: text/event-stream, a
+    # WebSocket when upgraded. /sub/A,B,C is one subscriber of channels
+    # A, B and C (a multiplexed channel, of at most 255), whose id may be
+    # longer than nchan's default limit of 1,024 bytes.
+    location ~ ^/sub/(.+)\$ {
+      nchan_subscriber;
+      nchan_channel_id \$1;
+      nchan_channel_id_split_delimiter ",";
+      nchan_max_channel_id_length 4096;
+      # Live only, as Sluice's subscribers without a last event id.
+      nchan_subscriber_first_message newest;
+    }
+  }
+}
+EOF
+  nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" 2>>"$WORK/nginx.log" &
+  HUB_PID=$!
+  HUB_URL="http://127.0.0.1:$port"
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      local workers
+      workers="$(pgrep -P "$HUB_PID" | paste -sd, -)"
+      if [ -n "$workers" ]; then
+        HUB_PIDS="$HUB_PID,$workers"
+        return
+      fi
+    fi
+    kill -0 "$HUB_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "nginx did not start:" >&2
+  cat "$WORK/nginx.log" "$dir/error.log" >&2
+  exit 1
+}
+
+# measure SCENARIO HUBS -- BENCH-ARGS...: REPEAT repetitions; in each, one
+# run per hub of HUBS (`sluice`, `nchan` or both, comma-separated), each
+# against a new hub.
+measure() {
+  local scenario="$1" hubs="$2" run hub file
+  shift 3
+  echo "$scenario ($REPEAT runs on each of: $hubs)" >&2
+  for run in $(seq "$REPEAT"); do
+    for hub in ${hubs//,/ }; do
+      "start_$hub"
+      file="$WORK/$(echo "$scenario $hub $run" | tr -c 'a-zA-Z0-9\n' _).json"
+      "$BIN" bench "$@" --target "$hub" --url "$HUB_URL" --hub-pid "$HUB_PIDS" --json >"$file"
+      printf '%s\t%s\t%s\n' "$scenario" "$hub" "$file" >>"$INDEX"
+      stop_hub
+    done
+  done
+}
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+FANOUT=(fanout --rate 1000 --size 100 --publishers "$PUBLISHERS" --duration "$DURATION")
+measure "1,000 SSE subscribers, 1 topic" sluice,nchan -- "${FANOUT[@]}" -n 1000 --transport sse
+measure "1,000 WebSocket subscribers, 1 topic" sluice,nchan -- "${FANOUT[@]}" -n 1000 --transport ws
+# nchan has no NDJSON subscribers.
+measure "1,000 NDJSON subscribers, 1 topic" sluice -- "${FANOUT[@]}" -n 1000 --transport ndjson
+# 100 of the 10,000 subscribe to every topic: Sluice with the pattern
+# bench/<run>/*, nchan (which has no patterns) with a multiplexed channel of
+# the 100 topics.
+measure "10,000 SSE subscribers, 100 topics, 100 of them to all" sluice,nchan -- \
+  "${FANOUT[@]}" -n 10000 --transport sse --topics 100 --wildcards 100
+measure "10,000 idle SSE connections" sluice,nchan -- idle -n 10000
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1))," \
+  "$(free -h | awk '/^Mem:/ {print $2}') of memory, Linux $(uname -r), ulimit -n $(ulimit -n);" \
+  "$(nginx -v 2>&1 | sed 's/.*: //'), nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?');" \
+  "load average (1, 5, 15 min) $LOAD_BEFORE before, $LOAD_AFTER after."
+echo
+python3 - "$INDEX" "$REPEAT" <<'EOF'
+import json, statistics, sys
+from collections import OrderedDict
+
+index, repeat = sys.argv[1], sys.argv[2]
+runs = OrderedDict()
+for line in open(index):
+    scenario, hub, path = line.rstrip("\n").split("\t")
+    runs.setdefault(scenario, OrderedDict()).setdefault(hub, []).append(json.load(open(path)))
+
+def extract(report, field):
+    for key in field.split("."):
+        report = report[key]
+    return report
+
+def median(reports, field):
+    return statistics.median(extract(r, field) for r in reports)
+
+def spread(reports, field):
+    values = [extract(r, field) for r in reports]
+    mid = statistics.median(values)
+    return f"±{(max(values) - min(values)) / 2 / mid * 100:.0f}%" if mid else "–"
+
+def count(n):
+    return f"{round(n):,}"
+
+def ms(us):
+    ms = us / 1000
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+def times(a, b):
+    return f"{a / b:.2f}x" if b else "–"
+
+print(f"Medians of {repeat} runs; spread is half the range over the median.\n")
+print("### Fan-out\n")
+print("| Scenario | Hub | deliveries/s | spread | delivery ratio | published/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | hub CPU µs/delivery | hub cores | bench cores |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for scenario, hubs in runs.items():
+    for hub, reports in hubs.items():
+        if reports[0]["scenario"] != "fanout":
+            continue
+        print(f"| {scenario} | {hub} | {count(median(reports, 'deliveries_per_second'))} "
+              f"| {spread(reports, 'deliveries_per_second')} "
+              f"| {median(reports, 'delivery_ratio'):.4f} "
+              f"| {count(median(reports, 'published_per_second'))} "
+              + "".join(f"| {ms(median(reports, 'latency.' + p))} "
+                        for p in ["p50_us", "p90_us", "p99_us", "p99_9_us", "max_us"])
+              + f"| {median(reports, 'cpu.hub_us_per_event'):.2f} "
+              f"| {median(reports, 'cpu.hub_cores'):.2f} "
+              f"| {median(reports, 'cpu.bench_cores'):.2f} |")
+print("\n### Sluice against nchan\n")
+print("| Scenario | deliveries/s, Sluice | nchan | Sluice / nchan | p99 ms, Sluice | nchan | hub CPU µs/delivery, Sluice | nchan | nchan / Sluice |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for scenario, hubs in runs.items():
+    if "nchan" not in hubs or hubs["sluice"][0]["scenario"] != "fanout":
+        continue
+    s, n = hubs["sluice"], hubs["nchan"]
+    ds, dn = median(s, "deliveries_per_second"), median(n, "deliveries_per_second")
+    cs, cn = median(s, "cpu.hub_us_per_event"), median(n, "cpu.hub_us_per_event")
+    print(f"| {scenario} | {count(ds)} | {count(dn)} | {times(ds, dn)} "
+          f"| {ms(median(s, 'latency.p99_us'))} | {ms(median(n, 'latency.p99_us'))} "
+          f"| {cs:.2f} | {cn:.2f} | {times(cn, cs)} |")
+print("\n### Idle connections\n")
+print("| Hub | connections | RSS KiB/connection | spread | PSS KiB/connection | RSS before MiB | RSS with them MiB |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for scenario, hubs in runs.items():
+    for hub, reports in hubs.items():
+        if reports[0]["scenario"] != "idle":
+            continue
+        print(f"| {hub} | {count(median(reports, 'connections'))} "
+              f"| {median(reports, 'rss_per_connection') / 1024:.2f} "
+              f"| {spread(reports, 'rss_per_connection')} "
+              f"| {median(reports, 'pss_per_connection') / 1024:.2f} "
+              f"| {median(reports, 'before.rss_bytes') / 2**20:.1f} "
+              f"| {median(reports, 'after.rss_bytes') / 2**20:.1f} |")
+EOF
+echo "Raw results (JSON, one file per run): $WORK" >&2

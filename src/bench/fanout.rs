@@ -1,0 +1,857 @@
+//! `sluice bench fanout`: delivery to many subscribers at once.
+//!
+//! `--subscribers N` subscribers, each on a connection of its own, over
+//! `--transport` SSE, WebSocket or NDJSON, subscribe to topics of this run
+//! (`bench/<run>/0` … `bench/<run>/<T-1>`): the first `--wildcards W` to
+//! every topic of the run at once (`bench/<run>/*`), the others to one
+//! topic each, in turn. Once all are open, `--publishers P` publish
+//! `--rate R` events per second in all, paced (event n is sent at n/R s,
+//! by publisher n mod P, to topic n mod T), for `--duration`; then the
+//! bench waits up to `--drain` for the events still on their way.
+//!
+//! Each event's data starts with its send time (`stamp.rs`), from which the
+//! subscribers take its latency on arrival. The subscribers are read by
+//! `--readers` threads of their own, each with a single-threaded runtime
+//! that multiplexes its share of the sockets through one read buffer: the
+//! per-connection state is a few bytes of decoding, so that ten thousand
+//! subscribers cost the bench little memory, and a read costs one system
+//! call and a scan for `%` over what it brought, without parsing.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::cpu::{Cpu, CpuMeter};
+use super::http::{Connection, Target, refusal};
+use super::hubs::{Flavor, Interest, Opened, Stamped, Transport, open_all};
+use super::stamp::{self, Scanner};
+use super::wire::Framing;
+use super::{Latency, Outcome, grouped, histogram, parse_count, parse_size, ws};
+
+/// Bytes each reader thread reads from a socket at a time.
+const READ_SIZE: usize = 256 * 1024;
+
+/// How often the end of the drain is checked for.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+#[derive(clap::Args, Debug)]
+pub struct FanoutArgs {
+    /// The hub's kind, which sets the shape of its requests.
+    #[arg(long = "target", value_enum, default_value_t = Flavor::Sluice)]
+    pub flavor: Flavor,
+    /// Subscribers, each on a connection of its own.
+    #[arg(long, short = 'n', value_name = "N", default_value = "100", value_parser = parse_count)]
+    pub subscribers: u64,
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    pub transport: Transport,
+    /// Topics the events are spread over, in turn.
+    #[arg(long, value_name = "T", default_value = "1", value_parser = parse_count)]
+    pub topics: u64,
+    /// Subscribers (of the N) that subscribe to every topic of the run,
+    /// with a pattern (nchan: a multiplexed channel of them all).
+    #[arg(long, value_name = "W", default_value = "0", value_parser = parse_count)]
+    pub wildcards: u64,
+    /// Publishers, each on its own keep-alive connection.
+    #[arg(long, short = 'p', default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub publishers: u32,
+    /// Events published per second, all publishers together, paced.
+    #[arg(long, value_name = "R", default_value = "1000", value_parser = parse_count)]
+    pub rate: u64,
+    /// Length of each event's data (`100`, `1KiB`), its send time included.
+    #[arg(long, value_name = "BYTES", default_value = "100", value_parser = parse_size)]
+    pub size: usize,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Longest wait after the last publish for the events still on their
+    /// way; the run ends sooner once all have arrived.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// Pause between the last subscriber's opening and the first publish.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Threads reading the subscribers' sockets; the machine's cores by
+    /// default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub readers: Option<u32>,
+}
+
+/// What `fanout` measured.
+#[derive(Debug, Serialize)]
+pub struct FanoutOutcome {
+    pub target: Flavor,
+    pub transport: Transport,
+    pub subscribers: u64,
+    pub topics: u64,
+    /// Every topic of the run: `bench/<run>/*`.
+    pub pattern: String,
+    pub wildcards: u64,
+    pub publishers: u32,
+    /// Events per second asked for.
+    pub rate: u64,
+    /// Length of each event's data.
+    pub size: usize,
+    pub readers: u32,
+    /// Time to open every subscription.
+    pub open_seconds: f64,
+    /// Events acknowledged by the hub.
+    pub published: u64,
+    /// Of them, per second of publishing: under `rate` when the hub's
+    /// answers held the publishers back.
+    pub published_per_second: f64,
+    /// Publishes refused or lost.
+    pub publish_errors: u64,
+    pub first_error: Option<String>,
+    /// Deliveries due: each event acknowledged, once per subscriber of its
+    /// topic.
+    pub expected: u64,
+    /// Events received by the subscribers.
+    pub received: u64,
+    /// `received / expected`.
+    pub delivery_ratio: f64,
+    /// From the first publish to the last event received.
+    pub seconds: f64,
+    pub deliveries_per_second: f64,
+    /// Subscriptions the hub ended or closed during the run.
+    pub lost_subscribers: u64,
+    pub first_loss: Option<String>,
+    /// From an event's send to its arrival at a subscriber, over every
+    /// delivery.
+    pub latency: Latency,
+    /// From a publish's send to its acknowledgement.
+    pub publish_latency: Latency,
+    /// From the first publish to the end of the drain; per delivery.
+    pub cpu: Cpu,
+}
+
+impl FanoutArgs {
+    pub async fn run(self, target: &Target, cpu: CpuMeter) -> anyhow::Result<FanoutOutcome> {
+        anyhow::ensure!(self.subscribers >= 1, "--subscribers must be at least 1");
+        anyhow::ensure!(self.topics >= 1, "--topics must be at least 1");
+        anyhow::ensure!(
+            self.wildcards <= self.subscribers,
+            "--wildcards cannot be more than --subscribers"
+        );
+        anyhow::ensure!(self.rate >= 1, "--rate must be at least 1");
+        anyhow::ensure!(
+            self.size >= stamp::LEN,
+            "--size must be at least {} bytes: the data starts with its send time",
+            stamp::LEN
+        );
+        let readers = self.readers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u32
+        });
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let plan = Plan::new(&run[..8], self.topics, self.subscribers, self.wildcards);
+        let requests = plan.requests(self.flavor, target, self.transport)?;
+        let epoch = Instant::now();
+
+        // The subscribers, all open before anything is published.
+        let open_start = Instant::now();
+        let stop = CancellationToken::new();
+        let received = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        let mut ready = Vec::new();
+        for r in 0..readers {
+            let share: Vec<Bytes> = (r as usize..requests.len())
+                .step_by(readers as usize)
+                .map(|i| requests[i].clone())
+                .collect();
+            let (opened, ready_rx) = tokio::sync::oneshot::channel();
+            let reader = Reader {
+                target: target.clone(),
+                transport: self.transport,
+                epoch,
+                stop: stop.clone(),
+                received: received.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("bench-reader-{r}"))
+                    .spawn(move || reader.run(share, opened))?,
+            );
+            ready.push(ready_rx);
+        }
+        let mut opening = Ok(());
+        for ready in ready {
+            let result = ready
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a reader thread failed")));
+            opening = opening.and(result);
+        }
+        let stop_readers = || {
+            stop.cancel();
+            tokio::task::spawn_blocking(move || {
+                threads
+                    .into_iter()
+                    .map(|thread| thread.join().expect("reader threads do not panic"))
+                    .fold(Readings::new(), Readings::add)
+            })
+        };
+        if let Err(error) = opening {
+            stop_readers().await?;
+            return Err(error.context("opening the subscribers"));
+        }
+        let open_seconds = open_start.elapsed().as_secs_f64();
+        let mut connections = Vec::with_capacity(self.publishers as usize);
+        for _ in 0..self.publishers {
+            connections.push(target.connect().await?);
+        }
+        tokio::time::sleep(self.settle).await;
+
+        // Publishing, paced, then the drain.
+        let templates: Arc<Vec<Stamped>> = Arc::new(
+            plan.topics
+                .iter()
+                .map(|topic| self.flavor.publish(target, topic, self.size))
+                .collect(),
+        );
+        let span = cpu.start()?;
+        let start = Instant::now();
+        let first_publish = start.duration_since(epoch);
+        let publishers: Vec<_> = connections
+            .into_iter()
+            .enumerate()
+            .map(|(p, connection)| {
+                let pace = Pace {
+                    first: p as u64,
+                    step: u64::from(self.publishers),
+                    rate: self.rate,
+                    start,
+                    end: start + self.duration,
+                    epoch,
+                };
+                tokio::spawn(publish(target.clone(), connection, templates.clone(), pace))
+            })
+            .collect();
+        let mut published = Published::new(plan.topics.len());
+        for publisher in publishers {
+            published.add(publisher.await?);
+        }
+        let publish_seconds = start.elapsed().as_secs_f64();
+        let expected = plan.expected(&published.per_topic);
+        let drain_end = tokio::time::Instant::now() + self.drain;
+        while received.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < drain_end
+        {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let readings = stop_readers().await?;
+        let cpu = span.finish(readings.received)?;
+
+        let acknowledged = published.per_topic.iter().sum();
+        let seconds = readings
+            .last_arrival
+            .map_or(0.0, |last| last.saturating_sub(first_publish).as_secs_f64());
+        Ok(FanoutOutcome {
+            target: self.flavor,
+            transport: self.transport,
+            subscribers: self.subscribers,
+            topics: self.topics,
+            pattern: plan.pattern,
+            wildcards: self.wildcards,
+            publishers: self.publishers,
+            rate: self.rate,
+            size: self.size,
+            readers,
+            open_seconds,
+            published: acknowledged,
+            published_per_second: acknowledged as f64 / publish_seconds,
+            publish_errors: published.errors,
+            first_error: published.first_error,
+            expected,
+            received: readings.received,
+            delivery_ratio: ratio(readings.received, expected),
+            seconds,
+            deliveries_per_second: match seconds > 0.0 {
+                true => readings.received as f64 / seconds,
+                false => 0.0,
+            },
+            lost_subscribers: readings.lost,
+            first_loss: readings.first_loss,
+            latency: Latency::from(&readings.latency),
+            publish_latency: Latency::from(&published.latency),
+            cpu,
+        })
+    }
+}
+
+/// `part / whole`, 0 when there is no whole.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// The run's topics and who subscribes to what.
+#[derive(Debug)]
+struct Plan {
+    topics: Vec<String>,
+    /// The pattern of every topic of the run.
+    pattern: String,
+    subscribers: u64,
+    wildcards: u64,
+}
+
+impl Plan {
+    fn new(run: &str, topics: u64, subscribers: u64, wildcards: u64) -> Plan {
+        Plan {
+            topics: (0..topics).map(|k| format!("bench/{run}/{k}")).collect(),
+            pattern: format!("bench/{run}/*"),
+            subscribers,
+            wildcards,
+        }
+    }
+
+    /// The topic of subscriber `i`, `None` for one of every topic.
+    fn topic_of(&self, i: u64) -> Option<usize> {
+        (i >= self.wildcards).then(|| ((i - self.wildcards) % self.topics.len() as u64) as usize)
+    }
+
+    /// Each subscriber's request, in order.
+    fn requests(
+        &self,
+        flavor: Flavor,
+        target: &Target,
+        transport: Transport,
+    ) -> anyhow::Result<Vec<Bytes>> {
+        let all = Interest::All {
+            pattern: &self.pattern,
+            topics: &self.topics,
+        };
+        // One request per kind of subscription, shared by their subscribers.
+        let wildcard = flavor.subscribe(target, transport, all)?;
+        let exact = self
+            .topics
+            .iter()
+            .map(|topic| flavor.subscribe(target, transport, Interest::Topic(topic)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((0..self.subscribers)
+            .map(|i| match self.topic_of(i) {
+                None => wildcard.clone(),
+                Some(k) => exact[k].clone(),
+            })
+            .collect())
+    }
+
+    /// Deliveries due for `published[k]` events on each topic k.
+    fn expected(&self, published: &[u64]) -> u64 {
+        let mut subscribers = vec![self.wildcards; self.topics.len()];
+        for i in self.wildcards..self.subscribers {
+            subscribers[self.topic_of(i).expect("not a wildcard")] += 1;
+        }
+        published
+            .iter()
+            .zip(subscribers)
+            .map(|(events, n)| events * n)
+            .sum()
+    }
+}
+
+/// When one publisher sends what: events `first`, `first + step`, …, event
+/// n at `start + n / rate` seconds, up to `end`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    first: u64,
+    step: u64,
+    rate: u64,
+    start: Instant,
+    end: Instant,
+    /// The clock of the stamps.
+    epoch: Instant,
+}
+
+impl Pace {
+    /// The events of this publisher.
+    fn events(self) -> impl Iterator<Item = u64> {
+        (self.first..)
+            .step_by(self.step as usize)
+            .take_while(move |&n| self.due(n) < self.end)
+    }
+
+    fn due(&self, n: u64) -> Instant {
+        self.start
+            + Duration::from_nanos((u128::from(n) * 1_000_000_000 / u128::from(self.rate)) as u64)
+    }
+}
+
+/// What publishers counted.
+struct Published {
+    /// Events acknowledged, by topic.
+    per_topic: Vec<u64>,
+    latency: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Published {
+    fn new(topics: usize) -> Published {
+        Published {
+            per_topic: vec![0; topics],
+            latency: histogram(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn error(&mut self, why: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(why);
+    }
+
+    fn add(&mut self, other: Published) {
+        for (mine, theirs) in self.per_topic.iter_mut().zip(other.per_topic) {
+            *mine += theirs;
+        }
+        self.latency
+            .add(&other.latency)
+            .expect("histograms of the same bounds add up");
+        self.errors += other.errors;
+        if let Some(why) = other.first_error {
+            self.first_error.get_or_insert(why);
+        }
+    }
+}
+
+/// One publisher: its events of the pace, each at its time (or at once
+/// when late: the hub's answers set the pace then), stamped as it is sent,
+/// until the pace's end, even if some are left: a hub slower than the rate
+/// gets fewer events. A lost connection is opened again; when that fails,
+/// the publisher stops.
+async fn publish(
+    target: Target,
+    mut connection: Connection,
+    templates: Arc<Vec<Stamped>>,
+    pace: Pace,
+) -> Published {
+    let mut published = Published::new(templates.len());
+    let mut request = Vec::new();
+    for n in pace.events() {
+        tokio::time::sleep_until(pace.due(n).into()).await;
+        if Instant::now() >= pace.end {
+            break;
+        }
+        let topic = (n % templates.len() as u64) as usize;
+        let sent = Instant::now();
+        templates[topic].stamp(&mut request, micros(sent.duration_since(pace.epoch)));
+        match connection.exchange(&request).await {
+            Ok((status, _)) if status.is_success() => {
+                published.latency.saturating_record(micros(sent.elapsed()));
+                published.per_topic[topic] += 1;
+            }
+            Ok((status, body)) => published.error(refusal(status, &body)),
+            Err(error) => {
+                published.error(format!("connection lost: {error:#}"));
+                match target.connect().await {
+                    Ok(again) => connection = again,
+                    Err(error) => {
+                        published.error(format!("{error:#}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    published
+}
+
+fn micros(duration: Duration) -> u64 {
+    duration.as_micros() as u64
+}
+
+/// What the subscribers of reader threads counted.
+struct Readings {
+    latency: Histogram<u64>,
+    received: u64,
+    /// When the last event arrived, since the epoch.
+    last_arrival: Option<Duration>,
+    lost: u64,
+    first_loss: Option<String>,
+}
+
+impl Readings {
+    fn new() -> Readings {
+        Readings {
+            latency: histogram(),
+            received: 0,
+            last_arrival: None,
+            lost: 0,
+            first_loss: None,
+        }
+    }
+
+    fn add(mut self, other: Readings) -> Readings {
+        self.latency
+            .add(&other.latency)
+            .expect("histograms of the same bounds add up");
+        self.received += other.received;
+        self.last_arrival = self.last_arrival.max(other.last_arrival);
+        self.lost += other.lost;
+        self.first_loss = self.first_loss.or(other.first_loss);
+        self
+    }
+}
+
+/// A reader thread's settings.
+struct Reader {
+    target: Target,
+    transport: Transport,
+    epoch: Instant,
+    stop: CancellationToken,
+    /// Events received by all readers, for the drain to know when all have
+    /// come.
+    received: Arc<AtomicU64>,
+}
+
+/// What a reader thread's subscribers share: its one read buffer, and its
+/// counts.
+struct Shared {
+    buffer: RefCell<Vec<u8>>,
+    readings: RefCell<Readings>,
+}
+
+impl Reader {
+    /// Opens the subscriptions of `requests`, says so on `ready`, then reads
+    /// them until stopped.
+    fn run(
+        self,
+        requests: Vec<Bytes>,
+        ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+    ) -> Readings {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = ready.send(Err(error.into()));
+                return Readings::new();
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
+            let opened = match open_all(&self.target, self.transport, requests).await {
+                Ok(opened) => opened,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return Readings::new();
+                }
+            };
+            let _ = ready.send(Ok(()));
+            let shared = Rc::new(Shared {
+                buffer: RefCell::new(vec![0; READ_SIZE]),
+                readings: RefCell::new(Readings::new()),
+            });
+            let reader = Rc::new(self);
+            let tasks: Vec<_> = opened
+                .into_iter()
+                .map(|opened| {
+                    let subscriber = Subscriber::new(opened, reader.transport);
+                    tokio::task::spawn_local(subscriber.read(reader.clone(), shared.clone()))
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("subscribers do not panic");
+            }
+            Rc::try_unwrap(shared)
+                .ok()
+                .expect("every subscriber has ended")
+                .readings
+                .into_inner()
+        })
+    }
+}
+
+/// How a subscriber's stream is framed.
+enum Decoder {
+    /// SSE and NDJSON: an HTTP body, chunked (Sluice) or up to the
+    /// connection's end (nchan).
+    Http(Framing),
+    Ws(ws::Frames),
+}
+
+/// One subscriber's connection and where its decoding is.
+struct Subscriber {
+    socket: TcpStream,
+    decoder: Decoder,
+    stamps: Scanner,
+    /// What came with the response's head, not yet decoded.
+    pending: Vec<u8>,
+}
+
+impl Subscriber {
+    fn new(opened: Opened, transport: Transport) -> Subscriber {
+        Subscriber {
+            socket: opened.socket,
+            decoder: match transport {
+                Transport::Ws => Decoder::Ws(ws::Frames::default()),
+                Transport::Sse | Transport::Ndjson => Decoder::Http(opened.framing),
+            },
+            stamps: Scanner::default(),
+            pending: opened.received,
+        }
+    }
+
+    /// Reads until stopped or lost.
+    async fn read(mut self, reader: Rc<Reader>, shared: Rc<Shared>) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut outcome = self.decode(&pending, &reader, &shared);
+        while outcome.is_ok() {
+            tokio::select! {
+                biased;
+                () = reader.stop.cancelled() => return,
+                read = poll_fn(|cx| self.poll_read(cx, &reader, &shared)) => outcome = read,
+            }
+            if let (Ok(()), Decoder::Ws(frames)) = (&outcome, &mut self.decoder)
+                && let Some(replies) = frames.take_replies()
+            {
+                outcome = self
+                    .socket
+                    .write_all(&replies)
+                    .await
+                    .context("answering a ping");
+            }
+        }
+        if let Err(error) = outcome {
+            let mut readings = shared.readings.borrow_mut();
+            readings.lost += 1;
+            readings
+                .first_loss
+                .get_or_insert_with(|| format!("{error:#}"));
+        }
+    }
+
+    /// Reads once from the socket, into the thread's buffer, and decodes
+    /// what came. The buffer is borrowed only within this call, which does
+    /// not wait: the subscribers of the thread take turns with it.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &Reader,
+        shared: &Shared,
+    ) -> Poll<anyhow::Result<()>> {
+        let mut buffer = shared.buffer.borrow_mut();
+        let mut read = ReadBuf::new(&mut buffer);
+        match Pin::new(&mut self.socket).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+            Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                Poll::Ready(Err(anyhow::anyhow!("the hub closed the connection")))
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(self.decode(read.filled(), reader, shared)),
+        }
+    }
+
+    /// Decodes bytes of the stream, counting each event in them and taking
+    /// its latency, all of them as of now.
+    fn decode(&mut self, bytes: &[u8], reader: &Reader, shared: &Shared) -> anyhow::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let now = reader.epoch.elapsed();
+        let arrival = micros(now);
+        let mut readings = shared.readings.borrow_mut();
+        let before = readings.received;
+        let mut found = |sent: u64| {
+            readings
+                .latency
+                .saturating_record(arrival.saturating_sub(sent));
+            readings.received += 1;
+        };
+        let stamps = &mut self.stamps;
+        match &mut self.decoder {
+            Decoder::Http(framing) => {
+                framing.feed(bytes, &mut |data| {
+                    stamps.feed(data, &mut found);
+                    Ok(())
+                })?;
+                anyhow::ensure!(!framing.ended(), "the hub ended the stream");
+            }
+            Decoder::Ws(frames) => {
+                frames.feed(bytes, &mut |data| stamps.feed(data, &mut found))?;
+                anyhow::ensure!(!frames.closed(), "the hub closed the WebSocket");
+            }
+        }
+        let new = readings.received - before;
+        if new > 0 {
+            readings.last_arrival = Some(now);
+            reader.received.fetch_add(new, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl Outcome for FanoutOutcome {
+    fn rows(&self) -> Vec<(&'static str, String)> {
+        let kind = match self.target {
+            Flavor::Sluice => "sluice",
+            Flavor::Nchan => "nchan",
+        };
+        let transport = match self.transport {
+            Transport::Sse => "SSE",
+            Transport::Ws => "WebSocket",
+            Transport::Ndjson => "NDJSON",
+        };
+        let errors = match &self.first_error {
+            None => grouped(self.publish_errors),
+            Some(first) => format!("{} (first: {first})", grouped(self.publish_errors)),
+        };
+        let lost = match &self.first_loss {
+            None => grouped(self.lost_subscribers),
+            Some(first) => format!("{} (first: {first})", grouped(self.lost_subscribers)),
+        };
+        let mut rows = vec![
+            ("target", kind.to_string()),
+            (
+                "subscribers",
+                format!(
+                    "{} over {transport}, {} of every topic, read by {} threads, opened in {:.2} s",
+                    grouped(self.subscribers),
+                    grouped(self.wildcards),
+                    self.readers,
+                    self.open_seconds
+                ),
+            ),
+            (
+                "topics",
+                format!("{} ({})", grouped(self.topics), self.pattern),
+            ),
+            (
+                "publishing",
+                format!(
+                    "{} events/s of {} bytes by {} publishers",
+                    grouped(self.rate),
+                    self.size,
+                    self.publishers
+                ),
+            ),
+            (
+                "published",
+                format!(
+                    "{} ({} events/s)",
+                    grouped(self.published),
+                    grouped(self.published_per_second.round() as u64)
+                ),
+            ),
+            ("publish errors", errors),
+            (
+                "received",
+                format!("{} of {}", grouped(self.received), grouped(self.expected)),
+            ),
+            ("delivery ratio", format!("{:.4}", self.delivery_ratio)),
+            ("lost subscribers", lost),
+            ("time", format!("{:.2} s", self.seconds)),
+            (
+                "deliveries/s",
+                grouped(self.deliveries_per_second.round() as u64),
+            ),
+        ];
+        rows.extend(self.cpu.rows("hub CPU per delivery"));
+        rows
+    }
+
+    fn latencies(&self) -> Vec<(&'static str, &Latency)> {
+        vec![
+            ("delivery", &self.latency),
+            ("publish", &self.publish_latency),
+        ]
+    }
+
+    fn verdict(&self) -> anyhow::Result<()> {
+        match (&self.first_error, self.published, self.received) {
+            (Some(first), 0, _) => anyhow::bail!("no event was published: {first}"),
+            (_, 0, _) => anyhow::bail!("no event was published"),
+            (_, _, 0) => anyhow::bail!("no event reached a subscriber"),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_are_spread_over_topics_after_the_wildcards() {
+        let plan = Plan::new("r", 3, 8, 2);
+        let topics: Vec<_> = (0..8).map(|i| plan.topic_of(i)).collect();
+        assert_eq!(
+            topics,
+            [
+                None,
+                None,
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(0),
+                Some(1),
+                Some(2)
+            ]
+        );
+        // Topic 0 has 2 subscribers of its own and the 2 of every topic.
+        assert_eq!(plan.expected(&[10, 0, 0]), 40);
+        assert_eq!(plan.expected(&[10, 1, 100]), 40 + 4 + 400);
+        assert_eq!(plan.topics, ["bench/r/0", "bench/r/1", "bench/r/2"]);
+    }
+
+    #[test]
+    fn each_subscriber_gets_the_request_of_its_topic() {
+        let target = Target::parse("http://127.0.0.1:9000").unwrap();
+        let plan = Plan::new("r", 2, 4, 1);
+        let requests = plan
+            .requests(Flavor::Sluice, &target, Transport::Ndjson)
+            .unwrap();
+        let lines: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                String::from_utf8_lossy(r)
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /ndjson?topics=bench/r/* HTTP/1.1",
+                "GET /ndjson?topics=bench/r/0 HTTP/1.1",
+                "GET /ndjson?topics=bench/r/1 HTTP/1.1",
+                "GET /ndjson?topics=bench/r/0 HTTP/1.1",
+            ]
+        );
+    }
+
+    #[test]
+    fn publishers_take_turns_at_the_rate() {
+        let start = Instant::now();
+        let pace = Pace {
+            first: 1,
+            step: 4,
+            rate: 1000,
+            start,
+            end: start + Duration::from_millis(10),
+            epoch: start,
+        };
+        assert_eq!(pace.due(0), start);
+        assert_eq!(pace.due(1), start + Duration::from_millis(1));
+        assert_eq!(pace.due(2500), start + Duration::from_millis(2500));
+        assert_eq!(pace.events().collect::<Vec<_>>(), [1, 5, 9]);
+    }
+}
