@@ -461,3 +461,55 @@ async fn clients_slow_to_send_their_headers_are_cut_off() {
     expect_data(&mut stream, "after").await;
     assert!(rejected(&hub, "header_timeout").await >= 3);
 }
+
+#[tokio::test]
+async fn a_token_subject_has_one_publish_allowance_wherever_it_publishes_from() {
+    const SECRET: &str = "a secret for the limits tests, 32 bytes or more";
+    let hub = Hub::start(&[
+        "--storage",
+        "memory",
+        "--publish-rate",
+        "1",
+        "--jwt-secret",
+        SECRET,
+    ])
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = |sub: &str| {
+        let claims = json!({"sub": sub, "exp": exp, "sluice": {"publish": ["**"]}});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let publish = |from: &'static str, token: &str| {
+        let request = reqwest::Client::builder()
+            .local_address(ip(from))
+            .build()
+            .unwrap()
+            .post(hub.at("/publish"))
+            .bearer_auth(token)
+            .json(&json!({"topic": "a", "data": 1}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let mut status = 0;
+    for _ in 0..20 {
+        status = publish("127.0.0.1", &alice).await;
+        if status == 429 {
+            break;
+        }
+    }
+    assert_eq!(status, 429, "alice's allowance runs out");
+    // Another address does not give alice a new allowance (of three quick
+    // tries at one a second, at most one can pass)…
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(publish("127.0.0.2", &alice).await);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // …and bob, on alice's address, has his own.
+    assert_eq!(publish("127.0.0.1", &bob).await, 201);
+}

@@ -1,16 +1,18 @@
 //! The limits that the HTTP layer enforces (`crate::limits` counts): the
-//! size of a request's URL and headers, and publishes per second.
+//! size of a request's URL and headers, and publishes per second per
+//! publisher.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::errors::ApiError;
+use crate::auth::Caller;
 use crate::limits::Publisher;
 use crate::server::ConnInfo;
 
@@ -62,17 +64,24 @@ pub async fn request_size(State(state): State<AppState>, request: Request, next:
     next.run(request).await
 }
 
-/// Counts a publish request against its client address's allowance
-/// (`publish_rate`), before its body is read.
+/// Counts a publish request against its publisher's allowance
+/// (`publish_rate`) before its body is read: the subject of its token when
+/// it carries one, else its client address. (The token is verified here,
+/// and again by the handler; not at all when there is no limit.)
 pub async fn publish_rate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let remote = request
-        .extensions()
-        .get::<ConnInfo>()
-        .map(|conn| conn.remote);
-    match take_publish(&state, address(remote)) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
+    if state.config.publish_rate == 0 {
+        return next.run(request).await;
     }
+    let (mut parts, body) = request.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let remote = parts.extensions.get::<ConnInfo>().map(|conn| conn.remote);
+    if let Err(error) = take_publish(&state, publisher(caller.subject(), remote)) {
+        return error.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Takes one publish from `publisher`'s allowance, or refuses it with
@@ -98,9 +107,14 @@ pub fn take_publish(state: &AppState, publisher: Publisher<'_>) -> Result<(), Ap
         })
 }
 
-/// A publisher that no token names: its client address. (The accept loop
-/// gives every connection one; without, all would share the unspecified
-/// address.)
-pub(super) fn address(remote: Option<SocketAddr>) -> Publisher<'static> {
-    Publisher::Address(remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |remote| remote.ip()))
+/// Whom a publish counts against: the token's subject, else the client
+/// address. (The accept loop gives every connection an address; without
+/// one, all would share the unspecified address.)
+pub(super) fn publisher(subject: Option<&str>, remote: Option<SocketAddr>) -> Publisher<'_> {
+    match subject {
+        Some(subject) => Publisher::Subject(subject),
+        None => Publisher::Address(
+            remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |remote| remote.ip()),
+        ),
+    }
 }

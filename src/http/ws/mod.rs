@@ -312,7 +312,7 @@ impl Session {
     /// A `publish` counts against the socket's `publish_rate` allowance.
     fn allowed(&self, command: Command) -> Result<Command, command::Refused> {
         if let Command::Publish(_) = command {
-            let publisher = limits::address(self.info.remote_addr);
+            let publisher = limits::publisher(self.caller.subject(), self.info.remote_addr);
             limits::take_publish(&self.state, publisher).map_err(|error| command::Refused {
                 op: Some("publish".into()),
                 error,
