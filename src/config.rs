@@ -35,6 +35,8 @@ pub enum StorageKind {
     Memory,
     /// An embedded log in `data_dir` (fjall): survives restarts and crashes.
     Disk,
+    /// Redis Streams at `redis_url`, shared by every node pointing there.
+    Redis,
 }
 
 impl StorageKind {
@@ -42,6 +44,7 @@ impl StorageKind {
         match self {
             StorageKind::Memory => "memory",
             StorageKind::Disk => "disk",
+            StorageKind::Redis => "redis",
         }
     }
 }
@@ -82,6 +85,12 @@ pub struct Config {
     /// How often `fsync = "interval"` syncs.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
+    /// The Redis that holds history (`storage = "redis"`):
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
+    pub redis_url: String,
+    /// The first part of every Redis key: nodes with the same Redis and
+    /// prefix form one hub.
+    pub redis_prefix: String,
     /// Events a subscriber may have queued before it is cut off as too slow.
     pub subscriber_buffer: usize,
     /// The reconnection delay SSE clients are told to use.
@@ -204,6 +213,8 @@ impl Default for Config {
             data_dir: "./sluice-data".into(),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_millis(100),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "sluice".into(),
             subscriber_buffer: 1000,
             retry_ms: 5000,
             keepalive: Duration::from_secs(15),
@@ -285,6 +296,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsync_interval: Option<String>,
+    /// Redis of --storage redis [default: redis://127.0.0.1:6379].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys; nodes sharing it form one hub [default:
+    /// sluice].
+    #[arg(long, value_name = "PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_prefix: Option<String>,
     /// Events queued per subscriber before it is cut off [default: 1000].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -482,6 +502,9 @@ impl Config {
         }
         if self.fsync_interval.is_zero() {
             anyhow::bail!("fsync_interval must be longer than zero");
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            anyhow::bail!("redis_prefix must be a non-empty word without spaces");
         }
         if self.idempotency_window.is_zero() {
             anyhow::bail!("idempotency_window must be longer than zero");
@@ -938,6 +961,45 @@ mod tests {
                 },
             ] {
                 assert!(Config::load(&bad).is_err(), "{bad:?}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redis_settings_come_from_file_env_and_flags() {
+        Jail::expect_with(|jail| {
+            let c = load(ServeArgs::default());
+            assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+            assert_eq!(c.redis_prefix, "sluice");
+            jail.create_file(
+                "r.toml",
+                "storage = \"redis\"\nredis_url = \"redis://db:6380/2\"\nredis_prefix = \"a\"",
+            )?;
+            let args = ServeArgs {
+                config: Some("r.toml".into()),
+                ..Default::default()
+            };
+            let c = load(args.clone());
+            assert_eq!(c.storage, StorageKind::Redis);
+            assert_eq!(c.storage.name(), "redis");
+            assert_eq!(
+                (c.redis_url.as_str(), c.redis_prefix.as_str()),
+                ("redis://db:6380/2", "a")
+            );
+            jail.set_env("SLUICE_REDIS_PREFIX", "b");
+            assert_eq!(load(args.clone()).redis_prefix, "b", "env beats file");
+            let c = load(ServeArgs {
+                redis_url: Some("rediss://:pw@db:6390".into()),
+                ..args
+            });
+            assert_eq!(c.redis_url, "rediss://:pw@db:6390", "flag beats file");
+            for bad in ["", "two words"] {
+                let args = ServeArgs {
+                    redis_prefix: Some(bad.into()),
+                    ..Default::default()
+                };
+                assert!(Config::load(&args).is_err(), "prefix {bad:?}");
             }
             Ok(())
         });

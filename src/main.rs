@@ -93,7 +93,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let (hub, hub_tasks) = Hub::start(&config, shutdown.clone())?;
+    let (hub, hub_tasks) = Hub::start(&config, shutdown.clone()).await?;
     let producers = Producers::start(hub.clone(), &config, shutdown.clone())?;
     let state = AppState {
         hub: hub.clone(),

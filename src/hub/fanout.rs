@@ -167,6 +167,27 @@ impl Fanout {
         }
     }
 
+    /// Cuts off the subscribers whose topics `affected` selects, closing
+    /// their connections as for a slow subscriber (but not counted as
+    /// one): they reconnect and resume through a replay. For a shared log
+    /// whose feed lost events before this node could deliver them. Returns
+    /// how many were cut off.
+    pub fn cut_off(&self, affected: impl Fn(&TopicFilter) -> bool) -> usize {
+        let mut reg = self.registry.lock();
+        let ids: Vec<u64> = reg
+            .subscribers
+            .iter()
+            .filter(|(_, sub)| affected(&sub.filter))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(sub) = reg.remove(*id) {
+                sub.on_cut_off.cancel();
+            }
+        }
+        ids.len()
+    }
+
     /// Hands events, in id order, to every matching subscriber's queue.
     /// Never waits: a full queue cuts its subscriber off.
     pub fn dispatch(&self, events: &[Arc<Event>]) {

@@ -9,6 +9,7 @@
 //! [`Hub::history`] and [`Hub::connect`].
 
 pub mod fanout;
+mod feed;
 mod history;
 pub mod presence;
 mod scrape;
@@ -28,6 +29,7 @@ use crate::config::StorageKind;
 use crate::event::{EventId, NewEvent};
 use crate::log::disk::{DiskLog, DiskOptions};
 use crate::log::memory::MemoryLog;
+use crate::log::redis::{RedisLog, RedisOptions};
 use crate::log::{Appended, EventLog, LogError, LogStats, TopicStats};
 use crate::metrics::Metrics;
 use fanout::{ClientSnapshot, Fanout};
@@ -65,8 +67,8 @@ pub struct TopicView {
 impl Hub {
     /// Builds the hub from its configuration and starts its background tasks;
     /// they stop when `shutdown` is cancelled and the hub is dropped. Fails
-    /// when history cannot be opened.
-    pub fn start(
+    /// when history cannot be opened (or Redis reached).
+    pub async fn start(
         config: &Config,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Arc<Hub>, JoinHandle<()>)> {
@@ -81,10 +83,28 @@ impl Hub {
                 retention,
                 idempotency_window: window,
             })?),
+            StorageKind::Redis => Arc::new(
+                RedisLog::connect(RedisOptions {
+                    url: config.redis_url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    retention,
+                    idempotency_window: window,
+                })
+                .await?,
+            ),
         };
         let metrics = Arc::new(Metrics::new(config.storage.name()));
-        let fanout = Arc::new(Fanout::new(log.stats().head, metrics.clone()));
-        let (writer, writer_task) = Writer::spawn(log.clone(), fanout.clone());
+        // A shared log's feed delivers every node's events, this node's too:
+        // then it alone dispatches, from where it starts.
+        let feed = log.feed();
+        let head = feed
+            .as_ref()
+            .map_or_else(|| log.stats().head, |feed| feed.after);
+        let fanout = Arc::new(Fanout::new(head, metrics.clone()));
+        let dispatch = feed.is_none().then(|| fanout.clone());
+        let (writer, writer_task) = Writer::spawn(log.clone(), dispatch);
+        let feed_task = feed
+            .map(|feed| tokio::spawn(feed::run(feed.batches, fanout.clone(), shutdown.clone())));
         let (lifecycle, lifecycle_task) =
             Lifecycle::spawn(config.lifecycle_events, writer.clone(), metrics.clone());
         let hub = Arc::new(Hub {
@@ -111,6 +131,9 @@ impl Hub {
         });
         let tasks = tokio::spawn(async move {
             let _ = retention.await;
+            if let Some(feed_task) = feed_task {
+                let _ = feed_task.await;
+            }
             // Holds a writer: the writer ends after it.
             let _ = lifecycle_task.await;
             let _ = writer_task.await;

@@ -6,7 +6,9 @@
 //! per batch: group commit), hands the new events to the fan-out in id
 //! order (an idempotent retry's duplicate is answered, never delivered),
 //! and only then answers each publisher. One writer means append
-//! order and dispatch order are the same by construction.
+//! order and dispatch order are the same by construction. With a log that
+//! several nodes share, the log's feed dispatches instead (`hub::feed`):
+//! the writer then answers once the events are stored.
 
 use std::sync::Arc;
 
@@ -36,14 +38,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task. It ends when every `Writer` is dropped, after
+    /// Starts the writer task, which dispatches what it appends to
+    /// `dispatch`, if given. It ends when every `Writer` is dropped, after
     /// finishing the requests already queued.
     pub fn spawn(
         log: Arc<dyn EventLog>,
-        fanout: Arc<Fanout>,
+        dispatch: Option<Arc<Fanout>>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(rx, log, fanout));
+        let task = tokio::spawn(run(rx, log, dispatch));
         (Writer { requests: tx }, task)
     }
 
@@ -60,21 +63,27 @@ impl Writer {
     }
 }
 
-async fn run(mut requests: mpsc::Receiver<Request>, log: Arc<dyn EventLog>, fanout: Arc<Fanout>) {
+async fn run(
+    mut requests: mpsc::Receiver<Request>,
+    log: Arc<dyn EventLog>,
+    dispatch: Option<Arc<Fanout>>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while requests.recv_many(&mut group, MAX_GROUP).await > 0 {
         let sizes: Vec<usize> = group.iter().map(|r| r.events.len()).collect();
         let batch = group.iter_mut().flat_map(|r| r.events.drain(..)).collect();
         match log.append(batch).await {
             Ok(outcomes) => {
-                let new: Vec<_> = outcomes
-                    .iter()
-                    .filter_map(|outcome| match outcome {
-                        Appended::New(event) => Some(event.clone()),
-                        Appended::Duplicate(_) => None,
-                    })
-                    .collect();
-                fanout.dispatch(&new);
+                if let Some(fanout) = &dispatch {
+                    let new: Vec<_> = outcomes
+                        .iter()
+                        .filter_map(|outcome| match outcome {
+                            Appended::New(event) => Some(event.clone()),
+                            Appended::Duplicate(_) => None,
+                        })
+                        .collect();
+                    fanout.dispatch(&new);
+                }
                 let mut outcomes = outcomes.into_iter();
                 for (request, size) in group.drain(..).zip(sizes) {
                     // A publisher that went away before its answer is fine:

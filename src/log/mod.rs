@@ -3,12 +3,14 @@
 //! The log is the source of truth. It assigns each event its id; an event
 //! exists once `append` has returned it. Replay and live delivery read the
 //! same ordered sequence, which is what makes the seam between them exact.
-//! Backends: [`memory::MemoryLog`] and [`disk::DiskLog`] (Redis Streams is
-//! to come as a further implementation of [`EventLog`]).
+//! Backends: [`memory::MemoryLog`], [`disk::DiskLog`] and
+//! [`redis::RedisLog`], which several nodes share (it delivers every node's
+//! events through its [`Feed`]).
 
 pub mod disk;
 pub mod idempotency;
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -316,5 +318,51 @@ pub trait EventLog: Send + Sync + 'static {
     /// Whether the log can take appends now.
     fn is_healthy(&self) -> bool {
         true
+    }
+
+    /// For a log that several nodes share: every committed event of every
+    /// node, in id order, read once by this node whatever its number of
+    /// subscribers. The hub dispatches these to its subscribers, and its
+    /// writer then dispatches nothing itself (its own appends come back
+    /// through the feed like anyone's). Called once, at start. A local log
+    /// returns `None`: what its writer appends is all there is.
+    fn feed(&self) -> Option<Feed> {
+        None
+    }
+}
+
+/// The events of a shared log, as one node reads them.
+pub struct Feed {
+    /// The last event before the first batch: the node's subscribers get
+    /// every later event from the feed, and replay up to it from the log.
+    pub after: EventId,
+    pub batches: tokio::sync::mpsc::Receiver<FeedBatch>,
+}
+
+/// The next events of a [`Feed`], in id order.
+pub struct FeedBatch {
+    /// Set when retention removed events before this node read them: the
+    /// subscribers that may have wanted them must resume through a replay,
+    /// which reports the gap.
+    pub missed: Option<Missed>,
+    pub events: Vec<Arc<Event>>,
+}
+
+/// Whose events a feed missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missed {
+    /// Any topic's (the global limits removed them).
+    Any,
+    /// These topics' (their own rules removed them).
+    Topics(Vec<Box<str>>),
+}
+
+impl Missed {
+    /// Whether a subscriber of `filter` may have missed events.
+    pub fn affects(&self, filter: &TopicFilter) -> bool {
+        match self {
+            Missed::Any => true,
+            Missed::Topics(topics) => topics.iter().any(|topic| filter.matches(topic)),
+        }
     }
 }
