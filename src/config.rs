@@ -98,6 +98,11 @@ pub struct Config {
     /// Silence after which a keep-alive goes out on a stream.
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
+    /// Longest a live event may wait to share a socket write with the
+    /// events after it on the same connection; zero writes each at once.
+    /// A connection's first event in a period goes out at once.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
     /// Topics and patterns one subscription may name.
     pub max_topics: usize,
     /// Largest request body accepted.
@@ -218,6 +223,7 @@ impl Default for Config {
             subscriber_buffer: 1000,
             retry_ms: 5000,
             keepalive: Duration::from_secs(15),
+            write_delay: Duration::from_millis(10),
             max_topics: 100,
             max_body: ByteSize::mib(1),
             cors_origins: "*".into(),
@@ -317,6 +323,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<String>,
+    /// Longest a live event waits to share a write with the next ones, 0
+    /// for none [default: 10ms].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_delay: Option<String>,
     /// Topics and patterns per subscription [default: 100].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -496,6 +507,9 @@ impl Config {
         }
         if self.keepalive.is_zero() {
             anyhow::bail!("keepalive must be longer than zero");
+        }
+        if self.write_delay >= self.keepalive {
+            anyhow::bail!("write_delay must be shorter than keepalive");
         }
         if self.history_max_age.is_zero() {
             anyhow::bail!("history_max_age must be longer than zero");

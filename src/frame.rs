@@ -2,7 +2,7 @@
 //! format) and the NDJSON control lines. Pure functions, so they are unit and
 //! property tested without a server.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json, value::RawValue};
 
 use crate::event::{EventId, format_time, now_ms};
@@ -117,9 +117,75 @@ pub fn control_line(kind: &str, data: Option<Value>) -> Bytes {
     Bytes::from(line)
 }
 
+/// Frames up to this size are copied together by [`coalesce`]; a larger
+/// one is passed on as it is: copying it would cost more than its own write.
+const COPY_MAX: usize = 4096;
+
+/// The most bytes [`coalesce`] copies into one buffer.
+const RUN_MAX: usize = 64 * 1024;
+
+/// A batch of frames as the chunks to write: consecutive small frames are
+/// copied into one buffer, so that a batch goes out as one chunk of the
+/// response body and one socket write (each chunk costs HTTP framing and a
+/// pass through hyper, far more than copying a few hundred bytes); a large
+/// frame stays the shared buffer it is. A batch of one frame is not copied.
+pub fn coalesce<'a>(frames: impl ExactSizeIterator<Item = &'a Bytes> + Clone) -> Vec<Bytes> {
+    if frames.len() == 1 {
+        return frames.cloned().collect();
+    }
+    let small: usize = frames
+        .clone()
+        .map(Bytes::len)
+        .filter(|&len| len <= COPY_MAX)
+        .sum();
+    let mut run = BytesMut::with_capacity(small.min(RUN_MAX));
+    let mut chunks = Vec::new();
+    for frame in frames {
+        if frame.len() > COPY_MAX || run.len() + frame.len() > RUN_MAX {
+            if !run.is_empty() {
+                chunks.push(run.split().freeze());
+            }
+            if frame.len() > COPY_MAX {
+                chunks.push(frame.clone());
+                continue;
+            }
+        }
+        run.extend_from_slice(frame);
+    }
+    if !run.is_empty() {
+        chunks.push(run.freeze());
+    }
+    chunks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coalesce_copies_small_frames_together_and_shares_large_ones() {
+        let small = |n: usize| Bytes::from(vec![b'a' + (n % 26) as u8; 100]);
+        let large = Bytes::from(vec![b'L'; COPY_MAX + 1]);
+        let frames = [small(0), small(1), large.clone(), small(2)];
+        let chunks = coalesce(frames.iter());
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[0], [small(0), small(1)].concat());
+        assert_eq!(chunks[1].as_ptr(), large.as_ptr(), "shared, not copied");
+        assert_eq!(chunks[2], small(2));
+        assert_eq!(chunks.concat(), frames.concat(), "same bytes, same order");
+    }
+
+    #[test]
+    fn coalesce_bounds_each_copy_and_does_not_copy_a_lone_frame() {
+        let frame = Bytes::from(vec![b'x'; COPY_MAX]);
+        let frames = vec![frame.clone(); 40];
+        let chunks = coalesce(frames.iter());
+        assert!(chunks.iter().all(|c| c.len() <= RUN_MAX));
+        assert_eq!(chunks.concat(), frames.concat());
+        assert_eq!(chunks.len(), (40 * COPY_MAX).div_ceil(RUN_MAX));
+        let lone = coalesce(std::iter::once(&frame));
+        assert_eq!(lone[0].as_ptr(), frame.as_ptr());
+    }
 
     fn text(b: &Bytes) -> &str {
         std::str::from_utf8(b).unwrap()

@@ -4,11 +4,34 @@
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::subscribe::body;
+use bytes::Bytes;
+
+use super::subscribe::{Encoding, body};
 use crate::auth::Expiry;
+use crate::event::{Event, EventId};
 use crate::frame;
 use crate::hub::presence::Presence;
-use crate::hub::subscription::{Item, Subscription};
+use crate::hub::subscription::Subscription;
+
+/// SSE frames: the event's data, or with `envelope` its whole envelope.
+#[derive(Clone, Copy)]
+struct Sse {
+    envelope: bool,
+}
+
+impl Encoding for Sse {
+    fn event(self, event: &Event) -> &Bytes {
+        event.sse_frame(self.envelope)
+    }
+
+    fn gap(self, requested: EventId, oldest: Option<EventId>) -> Bytes {
+        frame::sse_gap(&requested.to_string(), oldest)
+    }
+
+    fn keepalive(self) -> Bytes {
+        frame::sse_keepalive()
+    }
+}
 
 pub fn response(
     subscription: Subscription,
@@ -22,11 +45,7 @@ pub fn response(
         presence,
         expiry,
         Some(frame::sse_retry(retry_ms)),
-        move |item| match item {
-            Item::Event { event, .. } => event.sse_frame(envelope).clone(),
-            Item::Gap { requested, oldest } => frame::sse_gap(&requested.to_string(), oldest),
-            Item::KeepAlive => frame::sse_keepalive(),
-        },
+        Sse { envelope },
     );
     (
         [

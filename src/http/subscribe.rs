@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::errors::ApiError;
 use super::{AppState, ndjson, sse};
 use crate::auth::{Auth, Caller, Expiry};
+use crate::event::{Event, EventId};
+use crate::frame;
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
@@ -252,21 +254,27 @@ pub async fn ndjson(
     open(&state, request, Format::Ndjson)
 }
 
+/// How a streaming format writes each kind of item.
+pub trait Encoding: Copy + Send + Sync + 'static {
+    /// An event's frame: encoded once, shared by every subscriber.
+    fn event(self, event: &Event) -> &Bytes;
+    fn gap(self, requested: EventId, oldest: Option<EventId>) -> Bytes;
+    fn keepalive(self) -> Bytes;
+}
+
 /// A streaming body: an optional preamble, then each item of the
-/// subscription encoded by `encode`. A clean end (shutdown, or the expiry
-/// of the caller's token) finishes the response properly so the client
+/// subscription in `encoding`, a batch of events as few chunks as
+/// [`frame::coalesce`] makes of it. A clean end (shutdown, or the expiry of
+/// the caller's token) finishes the response properly so the client
 /// reconnects; a cut-off aborts it. The connection's presence lives as
 /// long as the body, and counts what it hands to hyper for the socket.
-pub fn body<F>(
+pub fn body(
     subscription: Subscription,
     presence: Presence,
     expiry: Expiry,
     preamble: Option<Bytes>,
-    encode: F,
-) -> Body
-where
-    F: Fn(Item) -> Bytes + Copy + Send + Sync + 'static,
-{
+    encoding: impl Encoding,
+) -> Body {
     if let Some(preamble) = &preamble {
         presence.sent(preamble.len());
     }
@@ -281,34 +289,28 @@ where
             }
             next = subscription.next() => next,
         };
-        match next {
-            Ok(item) => {
-                let delivered = match &item {
-                    Item::Event { dispatched, .. } => Some(*dispatched),
-                    _ => None,
-                };
-                let bytes = encode(item);
-                presence.sent(bytes.len());
-                if let Some(dispatched) = delivered {
-                    presence.delivered(dispatched);
-                }
-                Some((Ok(bytes), Some((subscription, presence, expiry))))
+        let chunks = match next {
+            Ok(Item::Events(batch)) => {
+                let chunks = frame::coalesce(batch.iter().map(|q| encoding.event(&q.event)));
+                presence.delivered(batch);
+                chunks
             }
-            Err(End::Closed) => None,
+            Ok(Item::Gap { requested, oldest }) => vec![encoding.gap(requested, oldest)],
+            Ok(Item::KeepAlive) => vec![encoding.keepalive()],
+            Err(End::Closed) => return None,
             Err(End::Failed) => {
                 presence.end(Reason::Error);
-                None
+                return None;
             }
             Err(End::CutOff) => {
                 presence.end(Reason::Slow);
-                Some((
-                    Err(std::io::Error::other(
-                        "subscriber fell behind and was cut off",
-                    )),
-                    None,
-                ))
+                let error = std::io::Error::other("subscriber fell behind and was cut off");
+                return Some((stream::iter(vec![Err(error)]), None));
             }
-        }
+        };
+        presence.sent(chunks.iter().map(Bytes::len).sum());
+        let chunks = stream::iter(chunks.into_iter().map(Ok).collect::<Vec<_>>());
+        Some((chunks, Some((subscription, presence, expiry))))
     });
-    Body::from_stream(stream::iter(preamble.map(Ok)).chain(items))
+    Body::from_stream(stream::iter(preamble.map(Ok)).chain(items.flatten()))
 }

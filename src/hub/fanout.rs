@@ -1,26 +1,36 @@
 //! Fan-out: who is subscribed to what, and handing each new event to the
-//! queue of every matching subscriber.
+//! mailbox of every matching subscriber.
 //!
 //! Subscribers with only exact topics are indexed by topic, so an event costs
 //! one hash lookup plus its real recipients; subscribers with a wildcard are
-//! tested one by one. Each subscriber owns a bounded queue of `Arc<Event>`:
-//! the event (and its encodings) exists once, whatever the number of
-//! subscribers. A subscriber whose queue is full is too slow: it is removed
-//! and its connection is closed, so it can never hold memory or the
-//! publisher back. It reconnects with `Last-Event-ID` and loses nothing
+//! tested one by one. Each subscriber owns a bounded [`Mailbox`] of
+//! `Arc<Event>`: the event (and its encodings) exists once, whatever the
+//! number of subscribers. A subscriber whose mailbox is full is too slow: it
+//! is removed and its connection is closed, so it can never hold memory or
+//! the publisher back. It reconnects with `Last-Event-ID` and loses nothing
 //! that is still in history.
+//!
+//! Write coalescing: waking a subscriber costs a task switch and a socket
+//! write, far more than queueing one more event. So a subscriber is woken
+//! at once for the first event of a `write_delay` tick, and later events of
+//! the same tick only mark it for the next tick ([`Fanout::tick`]), when
+//! it takes all of them and writes them as one frame. A quiet stream's
+//! events go out at once; a busy one's wait at most `write_delay`, in
+//! exchange for one write per tick instead of one per event.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
+pub use super::mailbox::Queued;
+use super::mailbox::{Mailbox, Pushed};
 use crate::event::{Event, EventId};
 use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
@@ -63,19 +73,18 @@ pub struct ClientSnapshot {
     pub queue_size: usize,
 }
 
-/// A live event in a subscriber's queue, with when the fan-out queued it
-/// (one `Instant` per dispatch, copied into each entry: no allocation).
-pub struct Queued {
-    pub event: Arc<Event>,
-    pub dispatched: Instant,
-}
-
 struct Subscriber {
-    queue: mpsc::Sender<Queued>,
+    mailbox: Arc<Mailbox>,
     filter: Arc<TopicFilter>,
     info: Arc<ClientInfo>,
     /// Cancelled to close the subscriber's connection when it is cut off.
     on_cut_off: CancellationToken,
+    /// The last tick in which it was woken: a later event of that tick
+    /// waits for the next one. (Cells: dispatch reads the registry while it
+    /// walks the topic index, and only these change.)
+    woken_in: Cell<u64>,
+    /// Whether it is in `Registry::deferred`, to be woken at the next tick.
+    deferred: Cell<bool>,
 }
 
 struct Registry {
@@ -86,25 +95,33 @@ struct Registry {
     /// The last event handed to subscribers: a new subscriber gets every
     /// later event live and replays up to this one from the log.
     head: EventId,
+    /// Counts `write_delay` ticks.
+    tick: u64,
+    /// Subscribers with events queued in this tick, to wake at the next.
+    deferred: Vec<u64>,
 }
 
 /// The live subscriber registry.
 pub struct Fanout {
     registry: Mutex<Registry>,
     metrics: Arc<Metrics>,
+    /// Zero: every event wakes its subscribers at once.
+    write_delay: Duration,
 }
 
 /// What `register` hands back to a new subscriber.
 pub struct Registration {
     pub id: u64,
-    pub queue: mpsc::Receiver<Queued>,
+    pub mailbox: Arc<Mailbox>,
     /// Events up to this id are not delivered live: replay them from the log.
     pub head: EventId,
 }
 
 impl Fanout {
-    /// A registry whose first live event comes after `head` (the log's head).
-    pub fn new(head: EventId, metrics: Arc<Metrics>) -> Self {
+    /// A registry whose first live event comes after `head` (the log's
+    /// head). With a non-zero `write_delay`, [`Fanout::tick`] must be called
+    /// every `write_delay`.
+    pub fn new(head: EventId, metrics: Arc<Metrics>, write_delay: Duration) -> Self {
         Fanout {
             registry: Mutex::new(Registry {
                 next_id: 0,
@@ -112,8 +129,11 @@ impl Fanout {
                 by_topic: HashMap::new(),
                 wildcard: Vec::new(),
                 head,
+                tick: 0,
+                deferred: Vec::new(),
             }),
             metrics,
+            write_delay,
         }
     }
 
@@ -128,7 +148,7 @@ impl Fanout {
         buffer: usize,
         on_cut_off: CancellationToken,
     ) -> Registration {
-        let (tx, rx) = mpsc::channel(buffer);
+        let mailbox = Arc::new(Mailbox::new(buffer));
         let mut reg = self.registry.lock();
         let id = reg.next_id;
         reg.next_id += 1;
@@ -136,15 +156,17 @@ impl Fanout {
         reg.subscribers.insert(
             id,
             Subscriber {
-                queue: tx,
+                mailbox: mailbox.clone(),
                 filter,
                 info,
                 on_cut_off,
+                woken_in: Cell::new(u64::MAX),
+                deferred: Cell::new(false),
             },
         );
         Registration {
             id,
-            queue: rx,
+            mailbox,
             head: reg.head,
         }
     }
@@ -182,36 +204,47 @@ impl Fanout {
             .collect();
         for id in &ids {
             if let Some(sub) = reg.remove(*id) {
+                sub.mailbox.close();
                 sub.on_cut_off.cancel();
             }
         }
         ids.len()
     }
 
-    /// Hands events, in id order, to every matching subscriber's queue.
-    /// Never waits: a full queue cuts its subscriber off.
+    /// Hands events, in id order, to every matching subscriber's mailbox.
+    /// Never waits: a full mailbox cuts its subscriber off.
     pub fn dispatch(&self, events: &[Arc<Event>]) {
         let published = events.iter().filter(|e| !e.topic.starts_with('$')).count();
         self.metrics.events_published.inc_by(published as u64);
         let dispatched = Instant::now();
-        let mut reg = self.registry.lock();
+        let mut guard = self.registry.lock();
+        let reg = &mut *guard;
         let mut cut_off = Vec::new();
         for event in events {
             let exact = reg.by_topic.get(&*event.topic).map(Vec::as_slice);
+            let subscribers = &reg.subscribers;
             let wildcard = reg
                 .wildcard
                 .iter()
-                .filter(|id| reg.subscribers[*id].filter.matches(&event.topic));
+                .filter(|id| subscribers[*id].filter.matches(&event.topic));
             for id in exact.unwrap_or_default().iter().chain(wildcard) {
+                let sub = &subscribers[id];
+                let now = self.write_delay.is_zero() || sub.woken_in.get() != reg.tick;
                 let queued = Queued {
                     event: event.clone(),
-                    dispatched,
+                    dispatched: Some(dispatched),
                 };
-                match reg.subscribers[id].queue.try_send(queued) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => cut_off.push(*id),
-                    // The subscription is being dropped; it unregisters itself.
-                    Err(TrySendError::Closed(_)) => {}
+                match sub.mailbox.push(queued) {
+                    Pushed::Full => cut_off.push(*id),
+                    Pushed::Queued if now => {
+                        sub.woken_in.set(reg.tick);
+                        sub.mailbox.wake();
+                    }
+                    Pushed::Queued => {
+                        if !sub.deferred.replace(true) {
+                            reg.deferred.push(*id);
+                        }
+                    }
                 }
             }
             reg.head = event.id;
@@ -225,16 +258,33 @@ impl Fanout {
                         client_name = info.client_name.as_deref().unwrap_or(""),
                         transport = info.transport.as_str(),
                         topics = ?sub.filter.listed().collect::<Vec<_>>(),
-                        // Its queue is full: it is at least this many
+                        // Its mailbox is full: it is at least this many
                         // events behind, plus this one.
-                        queued = sub.queue.max_capacity(),
+                        queued = sub.mailbox.capacity(),
                         last_event_id = ?*info.last_event_id.lock(),
                         undelivered_id = %event.id,
                         remote = ?info.remote_addr,
                         "subscriber fell behind its buffer and was disconnected"
                     );
+                    sub.mailbox.close();
                     sub.on_cut_off.cancel();
                 }
+            }
+        }
+    }
+
+    /// Ends a `write_delay` tick: wakes the subscribers whose events waited
+    /// for it; each takes everything queued since its last wake-up.
+    pub fn tick(&self) {
+        let mut guard = self.registry.lock();
+        let reg = &mut *guard;
+        reg.tick += 1;
+        for id in reg.deferred.drain(..) {
+            // Gone if it was removed meanwhile.
+            if let Some(sub) = reg.subscribers.get(&id) {
+                sub.deferred.set(false);
+                sub.woken_in.set(reg.tick);
+                sub.mailbox.wake();
             }
         }
     }
@@ -255,7 +305,7 @@ impl Fanout {
             .map(|s| ClientSnapshot {
                 info: s.info.clone(),
                 topics: s.filter.listed().map(String::from).collect(),
-                queue_size: s.queue.max_capacity() - s.queue.capacity(),
+                queue_size: s.mailbox.len(),
             })
             .collect()
     }

@@ -8,9 +8,11 @@
 //! Transports only see [`Hub::publish`], [`Hub::subscribe`],
 //! [`Hub::history`] and [`Hub::connect`].
 
+mod clock;
 pub mod fanout;
 mod feed;
 mod history;
+mod mailbox;
 pub mod presence;
 mod scrape;
 pub mod subscription;
@@ -50,7 +52,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     storage: &'static str,
     subscriber_buffer: usize,
-    keepalive: Duration,
+    /// The shared keep-alive tick (see `clock`).
+    keepalive: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
     started: Instant,
     started_at: DateTime<Utc>,
@@ -100,7 +103,13 @@ impl Hub {
         let head = feed
             .as_ref()
             .map_or_else(|| log.stats().head, |feed| feed.after);
-        let fanout = Arc::new(Fanout::new(head, metrics.clone()));
+        let fanout = Arc::new(Fanout::new(head, metrics.clone(), config.write_delay));
+        let (keepalive, clock_task) = clock::start(
+            fanout.clone(),
+            config.write_delay,
+            config.keepalive,
+            shutdown.clone(),
+        );
         let dispatch = feed.is_none().then(|| fanout.clone());
         let (writer, writer_task) = Writer::spawn(log.clone(), dispatch);
         let feed_task = feed
@@ -115,7 +124,7 @@ impl Hub {
             metrics,
             storage: config.storage.name(),
             subscriber_buffer: config.subscriber_buffer,
-            keepalive: config.keepalive,
+            keepalive,
             shutdown: shutdown.clone(),
             started: Instant::now(),
             started_at: Utc::now(),
@@ -131,6 +140,7 @@ impl Hub {
         });
         let tasks = tokio::spawn(async move {
             let _ = retention.await;
+            let _ = clock_task.await;
             if let Some(feed_task) = feed_task {
                 let _ = feed_task.await;
             }
@@ -154,7 +164,7 @@ impl Hub {
             self.log.clone(),
             self.fanout.clone(),
             self.subscriber_buffer,
-            self.keepalive,
+            self.keepalive.clone(),
             self.shutdown.clone(),
         )
     }

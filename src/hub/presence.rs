@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use super::fanout::ClientInfo;
+use super::fanout::{ClientInfo, Queued};
 use super::writer::Writer;
 use crate::event::NewEvent;
 use crate::metrics::{Metrics, TransportMetrics};
@@ -237,12 +237,19 @@ impl Presence {
         self.meter.bytes.inc_by(bytes as u64);
     }
 
-    /// The transport wrote an event; a live one was queued at `dispatched`.
-    pub fn delivered(&self, dispatched: Option<Instant>) {
-        self.meter.delivered.inc();
-        if let Some(dispatched) = dispatched {
-            let latency = dispatched.elapsed().as_secs_f64();
-            self.lifecycle.metrics.fanout_latency.observe(latency);
+    /// The transport wrote a batch of events. The shared counters and
+    /// histogram are touched once per batch, not once per event: each touch
+    /// is an atomic write that both cores fight over.
+    pub fn delivered(&self, batch: &[Queued]) {
+        self.meter.delivered.inc_by(batch.len() as u64);
+        let mut live = batch.iter().filter_map(|q| q.dispatched).peekable();
+        if live.peek().is_some() {
+            let now = Instant::now();
+            let latency = self.lifecycle.metrics.fanout_latency.local();
+            for dispatched in live {
+                latency.observe(now.saturating_duration_since(dispatched).as_secs_f64());
+            }
+            latency.flush();
         }
     }
 
@@ -495,8 +502,21 @@ mod tests {
         let presence = s.open(Transport::Ndjson, &["a"]);
         presence.sent(10);
         presence.sent(5);
-        presence.delivered(None);
-        presence.delivered(Some(Instant::now()));
+        let queued = |dispatched| {
+            let new = NewEvent {
+                topic: "a".into(),
+                kind: None,
+                data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
+                key: None,
+            };
+            let id = crate::event::EventId { ms: 1, seq: 0 };
+            Queued {
+                event: Arc::new(crate::event::Event::new(id, chrono::Utc::now(), new)),
+                dispatched,
+            }
+        };
+        presence.delivered(&[queued(None)]);
+        presence.delivered(&[queued(Some(Instant::now()))]);
         let meter = s.metrics.transport(Transport::Ndjson);
         assert_eq!((meter.bytes.get(), meter.delivered.get()), (15, 2));
         assert_eq!(s.metrics.fanout_latency.get_sample_count(), 1, "live only");

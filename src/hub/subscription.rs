@@ -1,6 +1,10 @@
 //! One subscriber's view of the hub: replay from the log, then live events,
 //! with keep-alives in between. Transports turn its items into bytes.
 //!
+//! Events come in batches: a page of replay, or everything the mailbox
+//! gathered since the subscriber last looked (see the write coalescing of
+//! `fanout`). A transport writes a batch as one frame, one socket write.
+//!
 //! The seam is exact because registration and replay share one boundary:
 //! the subscriber registers for live events first, which tells it the id of
 //! the last event dispatched (`head`). Every event after `head` reaches its
@@ -8,18 +12,18 @@
 //! `(last_event_id, head]` from the log and then drains its queue: nothing
 //! is missed and nothing comes twice, however fast publishers publish.
 
-use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::fanout::{ClientInfo, Fanout, Queued};
-use crate::event::{Event, EventId};
+use super::clock::KEEPALIVE_TICKS;
+use super::fanout::{ClientInfo, Fanout};
+use super::mailbox::{Mailbox, Queued, Taken};
+use crate::event::EventId;
 use crate::log::{EventLog, ReadRequest};
 use crate::topic::TopicFilter;
 
@@ -39,13 +43,9 @@ pub enum Resume {
 
 /// What a transport writes next.
 #[derive(Debug)]
-pub enum Item {
-    Event {
-        event: Arc<Event>,
-        /// For a live event, when the fan-out queued it (`None` when
-        /// replayed from history): the start of its fan-out latency.
-        dispatched: Option<std::time::Instant>,
-    },
+pub enum Item<'a> {
+    /// One or more events, in id order, to write together.
+    Events(&'a [Queued]),
     /// History no longer reaches back to `requested`; delivery goes on from
     /// `oldest`, the oldest event retained.
     Gap {
@@ -74,7 +74,6 @@ struct Replay {
     /// resumed from. A gap names it as `requested`.
     position: Option<EventId>,
     until: EventId,
-    pending: VecDeque<Arc<Event>>,
     done: bool,
 }
 
@@ -84,11 +83,19 @@ pub struct Subscription {
     fanout: Arc<Fanout>,
     filter: Arc<TopicFilter>,
     info: Arc<ClientInfo>,
-    queue: mpsc::Receiver<Queued>,
+    mailbox: Arc<Mailbox>,
+    /// The batch being written; cleared, with its allocation kept, when
+    /// the next is asked for.
+    batch: Vec<Queued>,
     replay: Option<Replay>,
-    keepalive: Duration,
-    last_sent: Instant,
-    keepalive_timer: Pin<Box<Sleep>>,
+    /// The hub's keep-alive tick (see `hub::clock`), shared by every
+    /// subscription instead of a timer each.
+    keepalive: watch::Receiver<u64>,
+    /// The keep-alive tick during which something was last sent.
+    sent_in: u64,
+    /// The batch holds a replay page that a gap item went out before: it
+    /// is the next item.
+    after_gap: bool,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The same signal, checked between replay pages.
     shutting_down: CancellationToken,
@@ -109,7 +116,7 @@ impl Subscription {
         log: Arc<dyn EventLog>,
         fanout: Arc<Fanout>,
         buffer: usize,
-        keepalive: Duration,
+        mut keepalive: watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) -> Subscription {
         let filter = Arc::new(request.filter);
@@ -127,25 +134,25 @@ impl Subscription {
         if request.resume != Resume::Live {
             fanout.metrics().replays.inc();
         }
-        let replay = (request.resume != Resume::Live).then(|| Replay {
+        let replay = (request.resume != Resume::Live).then_some(Replay {
             cursor,
             position: cursor,
             until: registration.head,
-            pending: VecDeque::new(),
             done: false,
         });
-        let now = Instant::now();
+        let sent_in = *keepalive.borrow_and_update();
         Subscription {
             id: registration.id,
             log,
             fanout,
             filter,
             info: request.info,
-            queue: registration.queue,
+            mailbox: registration.mailbox,
+            batch: Vec::new(),
             replay,
             keepalive,
-            last_sent: now,
-            keepalive_timer: Box::pin(tokio::time::sleep_until(now + keepalive)),
+            sent_in,
+            after_gap: false,
             shutdown: Box::pin(shutdown.clone().cancelled_owned()),
             shutting_down: shutdown,
         }
@@ -163,15 +170,16 @@ impl Subscription {
     }
 
     /// The next item to send, or why the stream ends.
-    pub async fn next(&mut self) -> Result<Item, End> {
+    pub async fn next(&mut self) -> Result<Item<'_>, End> {
+        if std::mem::take(&mut self.after_gap) {
+            return Ok(self.deliver());
+        }
+        self.batch.clear();
         loop {
-            if self.shutting_down.is_cancelled() {
-                return Err(End::Closed);
-            }
             if let Some(replay) = &mut self.replay {
-                if let Some(event) = replay.pending.pop_front() {
-                    replay.position = Some(event.id);
-                    return Ok(self.deliver(event, None));
+                // Checked between pages: a long replay stops at shutdown.
+                if self.shutting_down.is_cancelled() {
+                    return Err(End::Closed);
                 }
                 if replay.done {
                     self.replay = None;
@@ -191,7 +199,6 @@ impl Subscription {
                         End::Failed
                     })?;
                 let requested = replay.position;
-                replay.pending.extend(page.events);
                 // After a gap, reading goes on from the oldest event retained.
                 replay.cursor = match page.cursor {
                     Some(cursor) => Some(cursor),
@@ -199,43 +206,70 @@ impl Subscription {
                     None => replay.cursor,
                 };
                 replay.done = page.done;
+                if let Some(last) = page.events.last() {
+                    replay.position = Some(last.id);
+                }
+                let events = page.events.into_iter();
+                self.batch.extend(events.map(|event| Queued {
+                    event,
+                    dispatched: None,
+                }));
                 if let (Some(gap), Some(requested)) = (page.gap, requested) {
                     self.fanout.metrics().gaps.inc();
+                    self.after_gap = !self.batch.is_empty();
                     return Ok(Item::Gap {
                         requested,
                         oldest: gap.oldest,
                     });
                 }
-                continue;
+                if self.batch.is_empty() {
+                    continue;
+                }
+                return Ok(self.deliver());
             }
+            let Subscription {
+                mailbox,
+                batch,
+                keepalive,
+                shutdown,
+                ..
+            } = self;
             tokio::select! {
                 biased;
-                _ = &mut self.shutdown => return Err(End::Closed),
-                queued = self.queue.recv() => {
-                    return match queued {
-                        Some(Queued { event, dispatched }) => Ok(self.deliver(event, Some(dispatched))),
-                        None => Err(End::CutOff),
+                _ = shutdown => return Err(End::Closed),
+                taken = poll_fn(|cx| mailbox.poll_take(cx, batch)) => {
+                    return match taken {
+                        Taken::Events => Ok(self.deliver()),
+                        Taken::Closed => Err(End::CutOff),
                     };
                 }
-                _ = &mut self.keepalive_timer => {
-                    let due = self.last_sent + self.keepalive;
-                    if Instant::now() >= due {
-                        self.last_sent = Instant::now();
-                        self.keepalive_timer.as_mut().reset(self.last_sent + self.keepalive);
+                changed = keepalive.changed() => {
+                    let Ok(()) = changed else {
+                        // The hub is going away; its shutdown ends this.
+                        return Err(End::Closed);
+                    };
+                    let tick = *keepalive.borrow_and_update();
+                    if tick >= self.sent_in + KEEPALIVE_TICKS {
+                        self.sent_in = tick;
                         return Ok(Item::KeepAlive);
                     }
-                    // Events went out since the timer was set: wait the rest.
-                    self.keepalive_timer.as_mut().reset(due);
                 }
             }
         }
     }
 
-    fn deliver(&mut self, event: Arc<Event>, dispatched: Option<std::time::Instant>) -> Item {
-        self.info.events_received.fetch_add(1, Ordering::Relaxed);
-        *self.info.last_event_id.lock() = Some(event.id);
-        self.last_sent = Instant::now();
-        Item::Event { event, dispatched }
+    /// Hands the batch to the transport, noting what the client received.
+    fn deliver(&mut self) -> Item<'_> {
+        let batch = &self.batch;
+        if let Some(last) = batch.last() {
+            let received = batch.len() as u64;
+            self.info
+                .events_received
+                .fetch_add(received, Ordering::Relaxed);
+            *self.info.last_event_id.lock() = Some(last.event.id);
+        }
+        self.sent_in = *self.keepalive.borrow();
+        Item::Events(batch)
     }
 }
 

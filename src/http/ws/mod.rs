@@ -32,6 +32,7 @@ use super::errors::ApiError;
 use super::limits;
 use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
 use crate::auth::{Caller, Expiry};
+use crate::event::Event;
 use crate::frame::{self, GAP_TYPE};
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
@@ -91,8 +92,8 @@ pub async fn upgrade(
 /// What the loop does next.
 enum Step {
     Send(Message),
-    /// An event's frame; a live event was queued at the instant given.
-    Deliver(Utf8Bytes, Option<Instant>),
+    /// A batch of events' frames, sent together and flushed once.
+    Deliver(Vec<Message>),
     Close(u16, &'static str),
     /// The peer closed: send the queued reply, then stop.
     Echo,
@@ -176,10 +177,10 @@ impl Session {
                     Some(Err(_)) => Step::Stop(Reason::Error),
                 },
                 item = next_item(&mut self.subscription) => match item {
-                    Ok(Item::Event { event, dispatched }) => Step::Deliver(
-                        Utf8Bytes::try_from(event.envelope_json()).expect("JSON is UTF-8"),
-                        dispatched,
-                    ),
+                    Ok(Item::Events(batch)) => {
+                        self.presence.delivered(batch);
+                        Step::Deliver(batch.iter().map(|q| text_frame(&q.event)).collect())
+                    }
                     Ok(Item::Gap { requested, oldest }) => Step::Send(Message::Text(
                         frame::control_json(
                             GAP_TYPE,
@@ -202,7 +203,7 @@ impl Session {
                     }
                 }
             };
-            let (message, delivered) = match step {
+            let messages = match step {
                 Step::Nothing => continue,
                 Step::Stop(reason) => {
                     self.presence.end(reason);
@@ -217,23 +218,28 @@ impl Session {
                     self.close(&mut sink, code, reason).await;
                     break;
                 }
-                Step::Send(message) => (message, None),
-                Step::Deliver(text, dispatched) => (Message::Text(text), Some(dispatched)),
+                Step::Send(message) => vec![message],
+                Step::Deliver(messages) => messages,
             };
-            let bytes = match &message {
-                Message::Text(text) => text.len(),
-                _ => 0,
+            let bytes = messages
+                .iter()
+                .map(|message| match message {
+                    Message::Text(text) => text.len(),
+                    _ => 0,
+                })
+                .sum();
+            // Frames queued with `feed` go out in as few writes as they fit
+            // in, at the flush. A stalled peer blocks the send; being cut off
+            // ends it, and the close frame goes out once the peer reads again.
+            let send = async {
+                for message in messages {
+                    sink.feed(message).await?;
+                }
+                sink.flush().await
             };
-            // A stalled peer blocks this send; being cut off ends it, and
-            // the close frame goes out once the peer reads again.
             tokio::select! {
-                sent = sink.send(message) => match sent {
-                    Ok(()) => {
-                        self.presence.sent(bytes);
-                        if let Some(dispatched) = delivered {
-                            self.presence.delivered(dispatched);
-                        }
-                    }
+                sent = send => match sent {
+                    Ok(()) => self.presence.sent(bytes),
                     Err(_) => {
                         self.presence.end(Reason::Error);
                         break;
@@ -396,8 +402,13 @@ fn open(
 const TOO_SLOW: &str = "too slow: fell behind its buffer; reconnect with last_event_id";
 const TOKEN_EXPIRED: &str = "the token expired: reconnect with a fresh one";
 
+/// An event as a text frame: its envelope JSON, shared, not copied.
+fn text_frame(event: &Event) -> Message {
+    Message::Text(Utf8Bytes::try_from(event.envelope_json()).expect("JSON is UTF-8"))
+}
+
 /// The next item of the socket's subscription; never, while it has none.
-async fn next_item(subscription: &mut Option<Subscription>) -> Result<Item, End> {
+async fn next_item(subscription: &mut Option<Subscription>) -> Result<Item<'_>, End> {
     match subscription {
         Some(subscription) => subscription.next().await,
         None => std::future::pending().await,
