@@ -18,7 +18,6 @@
 //! events go out at once; a busy one's wait at most `write_delay`, in
 //! exchange for one write per tick instead of one per event.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,26 +78,28 @@ struct Subscriber {
     info: Arc<ClientInfo>,
     /// Cancelled to close the subscriber's connection when it is cut off.
     on_cut_off: CancellationToken,
-    /// The last tick in which it was woken: a later event of that tick
-    /// waits for the next one. (Cells: dispatch reads the registry while it
-    /// walks the topic index, and only these change.)
-    woken_in: Cell<u64>,
-    /// Whether it is in `Registry::deferred`, to be woken at the next tick.
-    deferred: Cell<bool>,
+}
+
+/// A subscriber as the topic index holds it: what dispatch needs, without
+/// a lookup by id per recipient.
+struct Recipient {
+    id: u64,
+    mailbox: Arc<Mailbox>,
 }
 
 struct Registry {
     next_id: u64,
     subscribers: HashMap<u64, Subscriber>,
-    by_topic: HashMap<Box<str>, Vec<u64>>,
-    wildcard: Vec<u64>,
+    by_topic: HashMap<Box<str>, Vec<Recipient>>,
+    /// Subscribers with a pattern, and their filters.
+    wildcard: Vec<(Recipient, Arc<TopicFilter>)>,
     /// The last event handed to subscribers: a new subscriber gets every
     /// later event live and replays up to this one from the log.
     head: EventId,
     /// Counts `write_delay` ticks.
     tick: u64,
-    /// Subscribers with events queued in this tick, to wake at the next.
-    deferred: Vec<u64>,
+    /// Mailboxes with events queued in this tick, to wake at the next.
+    deferred: Vec<Arc<Mailbox>>,
 }
 
 /// The live subscriber registry.
@@ -152,7 +153,7 @@ impl Fanout {
         let mut reg = self.registry.lock();
         let id = reg.next_id;
         reg.next_id += 1;
-        reg.index(id, &filter);
+        reg.index(id, &mailbox, &filter);
         reg.subscribers.insert(
             id,
             Subscriber {
@@ -160,8 +161,6 @@ impl Fanout {
                 filter,
                 info,
                 on_cut_off,
-                woken_in: Cell::new(u64::MAX),
-                deferred: Cell::new(false),
             },
         );
         Registration {
@@ -179,11 +178,12 @@ impl Fanout {
     /// dispatched event on.
     pub fn set_filter(&self, id: u64, filter: Arc<TopicFilter>) {
         let mut reg = self.registry.lock();
-        let Some(old) = reg.subscribers.get(&id).map(|s| s.filter.clone()) else {
+        let Some(sub) = reg.subscribers.get(&id) else {
             return;
         };
+        let (old, mailbox) = (sub.filter.clone(), sub.mailbox.clone());
         reg.unindex(id, &old);
-        reg.index(id, &filter);
+        reg.index(id, &mailbox, &filter);
         if let Some(sub) = reg.subscribers.get_mut(&id) {
             sub.filter = filter;
         }
@@ -220,31 +220,23 @@ impl Fanout {
         let mut guard = self.registry.lock();
         let reg = &mut *guard;
         let mut cut_off = Vec::new();
+        let tick = (!self.write_delay.is_zero()).then_some(reg.tick);
         for event in events {
             let exact = reg.by_topic.get(&*event.topic).map(Vec::as_slice);
-            let subscribers = &reg.subscribers;
             let wildcard = reg
                 .wildcard
                 .iter()
-                .filter(|id| subscribers[*id].filter.matches(&event.topic));
-            for id in exact.unwrap_or_default().iter().chain(wildcard) {
-                let sub = &subscribers[id];
-                let now = self.write_delay.is_zero() || sub.woken_in.get() != reg.tick;
+                .filter(|(_, filter)| filter.matches(&event.topic))
+                .map(|(recipient, _)| recipient);
+            for recipient in exact.unwrap_or_default().iter().chain(wildcard) {
                 let queued = Queued {
                     event: event.clone(),
                     dispatched: Some(dispatched),
                 };
-                match sub.mailbox.push(queued) {
-                    Pushed::Full => cut_off.push(*id),
-                    Pushed::Queued if now => {
-                        sub.woken_in.set(reg.tick);
-                        sub.mailbox.wake();
-                    }
-                    Pushed::Queued => {
-                        if !sub.deferred.replace(true) {
-                            reg.deferred.push(*id);
-                        }
-                    }
+                match recipient.mailbox.push(queued, tick) {
+                    Pushed::Queued => {}
+                    Pushed::Deferred => reg.deferred.push(recipient.mailbox.clone()),
+                    Pushed::Full => cut_off.push(recipient.id),
                 }
             }
             reg.head = event.id;
@@ -279,13 +271,8 @@ impl Fanout {
         let mut guard = self.registry.lock();
         let reg = &mut *guard;
         reg.tick += 1;
-        for id in reg.deferred.drain(..) {
-            // Gone if it was removed meanwhile.
-            if let Some(sub) = reg.subscribers.get(&id) {
-                sub.deferred.set(false);
-                sub.woken_in.set(reg.tick);
-                sub.mailbox.wake();
-            }
+        for mailbox in reg.deferred.drain(..) {
+            mailbox.wake_deferred(reg.tick);
         }
     }
 
@@ -337,14 +324,21 @@ impl Fanout {
 }
 
 impl Registry {
-    fn index(&mut self, id: u64, filter: &TopicFilter) {
+    fn index(&mut self, id: u64, mailbox: &Arc<Mailbox>, filter: &Arc<TopicFilter>) {
+        let recipient = || Recipient {
+            id,
+            mailbox: mailbox.clone(),
+        };
         match filter.exact_topics() {
             Some(topics) => {
                 for topic in topics {
-                    self.by_topic.entry(topic.into()).or_default().push(id);
+                    self.by_topic
+                        .entry(topic.into())
+                        .or_default()
+                        .push(recipient());
                 }
             }
-            None => self.wildcard.push(id),
+            None => self.wildcard.push((recipient(), filter.clone())),
         }
     }
 
@@ -352,15 +346,15 @@ impl Registry {
         match filter.exact_topics() {
             Some(topics) => {
                 for topic in topics {
-                    if let Some(ids) = self.by_topic.get_mut(topic) {
-                        ids.retain(|&other| other != id);
-                        if ids.is_empty() {
+                    if let Some(recipients) = self.by_topic.get_mut(topic) {
+                        recipients.retain(|other| other.id != id);
+                        if recipients.is_empty() {
                             self.by_topic.remove(topic);
                         }
                     }
                 }
             }
-            None => self.wildcard.retain(|&other| other != id),
+            None => self.wildcard.retain(|(other, _)| other.id != id),
         }
     }
 

@@ -3,11 +3,13 @@
 //!
 //! Why not a channel: a channel wakes its receiver on every send, so each
 //! event would cost every subscriber a task wake-up and a socket write.
-//! Here pushing and waking are separate: the fan-out decides when a
-//! subscriber is worth waking (see `Fanout::dispatch`), and the subscriber
-//! takes everything queued since its last wake-up in one swap, which its
-//! transport writes as one frame. The queue holds no memory while empty:
-//! an idle subscriber costs a few words here.
+//! Here a push wakes the subscriber only for its first event of a
+//! `write_delay` tick; later ones of the same tick wait for the fan-out's
+//! next tick (see the write coalescing of `fanout`). The subscriber takes
+//! everything queued since its last wake-up in one swap, which its
+//! transport writes as one frame. The queue and the waking rule share one
+//! lock, so a push touches one place in memory. The queue holds no memory
+//! while empty: an idle subscriber costs a few words here.
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -29,7 +31,11 @@ pub struct Queued {
 /// What became of a pushed event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
+    /// Queued, and the subscriber woken (or already due to wake).
     Queued,
+    /// Queued for the end of the tick: the fan-out must wake this mailbox
+    /// then, with [`Mailbox::wake_deferred`].
+    Deferred,
     /// The queue holds `capacity` events already: the subscriber is too slow.
     Full,
 }
@@ -46,6 +52,11 @@ struct State {
     closed: bool,
     /// The subscriber's task, while it waits for events.
     waker: Option<Waker>,
+    /// The last `write_delay` tick in which the subscriber was woken (plus
+    /// one, so that the default is no tick).
+    woken_in: u64,
+    /// Events wait for the end of the tick.
+    deferred: bool,
 }
 
 /// What the subscriber finds in its mailbox.
@@ -64,19 +75,39 @@ impl Mailbox {
         }
     }
 
-    /// Queues an event without waking the subscriber.
-    pub fn push(&self, queued: Queued) -> Pushed {
+    /// Queues an event during write tick `tick`: the subscriber is woken
+    /// if this is its first event of the tick, or for every event without
+    /// a tick (`write_delay` zero).
+    pub fn push(&self, queued: Queued, tick: Option<u64>) -> Pushed {
         let mut state = self.state.lock();
         if state.events.len() >= self.capacity {
             return Pushed::Full;
         }
         state.events.push(queued);
+        let tick = tick.map(|tick| tick + 1);
+        if tick.is_some_and(|tick| tick == state.woken_in) {
+            return match std::mem::replace(&mut state.deferred, true) {
+                false => Pushed::Deferred,
+                true => Pushed::Queued,
+            };
+        }
+        state.woken_in = tick.unwrap_or_default();
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         Pushed::Queued
     }
 
-    /// Wakes the subscriber if it is waiting.
-    pub fn wake(&self) {
-        let waker = self.state.lock().waker.take();
+    /// Wakes the subscriber for the events that waited for the end of a
+    /// tick; `tick` is the one that starts.
+    pub fn wake_deferred(&self, tick: u64) {
+        let mut state = self.state.lock();
+        state.deferred = false;
+        state.woken_in = tick + 1;
+        let waker = state.waker.take();
+        drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -84,8 +115,13 @@ impl Mailbox {
 
     /// Ends the mailbox: the subscriber takes what is queued, then `Closed`.
     pub fn close(&self) {
-        self.state.lock().closed = true;
-        self.wake();
+        let mut state = self.state.lock();
+        state.closed = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Swaps everything queued into `batch` (which must be empty, and
@@ -144,9 +180,9 @@ mod tests {
         let mut batch = Vec::new();
         assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
         for seq in 0..3 {
-            assert_eq!(mailbox.push(queued(seq)), Pushed::Queued);
+            assert_eq!(mailbox.push(queued(seq), None), Pushed::Queued);
         }
-        assert_eq!(mailbox.push(queued(3)), Pushed::Full, "bounded");
+        assert_eq!(mailbox.push(queued(3), None), Pushed::Full, "bounded");
         assert!(matches!(
             mailbox.poll_take(&mut cx, &mut batch),
             Poll::Ready(Taken::Events)
@@ -163,7 +199,7 @@ mod tests {
         let mailbox = Mailbox::new(10);
         let mut cx = Context::from_waker(noop_waker_ref());
         let mut batch = Vec::new();
-        mailbox.push(queued(0));
+        mailbox.push(queued(0), None);
         mailbox.close();
         assert!(matches!(
             mailbox.poll_take(&mut cx, &mut batch),
@@ -176,28 +212,67 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn wake_reaches_a_waiting_subscriber_only() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
+    /// Counts the wake-ups of a task.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn only_the_first_event_of_a_tick_wakes_the_subscriber() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         let mailbox = Mailbox::new(10);
-        mailbox.wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "nobody waits yet");
         let mut batch = Vec::new();
         assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
-        mailbox.push(queued(0));
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "push does not wake");
-        mailbox.wake();
-        mailbox.wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake per wait");
+        assert_eq!(mailbox.push(queued(0), Some(7)), Pushed::Queued);
+        assert_eq!(wakes.count(), 1, "the first event of tick 7 wakes");
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+        batch.clear();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        assert_eq!(mailbox.push(queued(1), Some(7)), Pushed::Deferred);
+        assert_eq!(mailbox.push(queued(2), Some(7)), Pushed::Queued);
+        assert_eq!(wakes.count(), 1, "later ones of tick 7 wait");
+        mailbox.wake_deferred(8);
+        assert_eq!(wakes.count(), 2, "the end of the tick wakes");
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+        assert_eq!(batch.len(), 2, "both, in one batch");
+        batch.clear();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        assert_eq!(
+            mailbox.push(queued(3), Some(8)),
+            Pushed::Deferred,
+            "woken in 8"
+        );
+        mailbox.wake_deferred(9);
+        assert_eq!(mailbox.push(queued(4), Some(10)), Pushed::Queued);
+        assert_eq!(wakes.count(), 3, "a waker is woken once");
+    }
+
+    #[test]
+    fn without_ticks_every_event_wakes() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mailbox = Mailbox::new(10);
+        let mut batch = Vec::new();
+        for seq in 0..3 {
+            assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+            assert_eq!(mailbox.push(queued(seq), None), Pushed::Queued);
+            assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+            batch.clear();
+        }
+        assert_eq!(wakes.count(), 3);
     }
 }
