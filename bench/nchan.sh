@@ -27,7 +27,9 @@ cd "$(dirname "$0")/.."
 
 REPEAT="${REPEAT:-3}"
 DURATION="${DURATION:-5s}"
-PUBLISHERS="${PUBLISHERS:-4}"
+# Enough publishers that a publish's round trip does not cap the rate: each
+# publisher waits for its answer before its next publish.
+PUBLISHERS="${PUBLISHERS:-16}"
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 
 ulimit -n "$(ulimit -Hn)"
@@ -64,11 +66,12 @@ stop_hub() {
 }
 trap stop_hub EXIT
 
-# start_sluice: a new hub, history in memory; sets HUB_PID, HUB_PIDS, HUB_URL.
+# start_sluice [ARGS...]: a new hub, history in memory, with its default
+# settings and ARGS; sets HUB_PID, HUB_PIDS, HUB_URL.
 start_sluice() {
   : >"$WORK/sluice.out"
   SLUICE_MAX_CONNECTIONS=1000000 SLUICE_MAX_CONNECTIONS_PER_IP=1000000 \
-    "$BIN" serve --listen 127.0.0.1:0 --storage memory --log-level warn \
+    "$BIN" serve --listen 127.0.0.1:0 --storage memory --log-level warn "$@" \
     >"$WORK/sluice.out" 2>>"$WORK/sluice.log" &
   HUB_PID=$!
   HUB_PIDS=$HUB_PID
@@ -82,6 +85,12 @@ start_sluice() {
   echo "sluice did not start:" >&2
   cat "$WORK/sluice.log" >&2
   exit 1
+}
+
+# Sluice writing every event at once, without write coalescing: the cost
+# of each socket write, for comparison.
+start_sluice_nodelay() {
+  start_sluice --write-delay 0
 }
 
 free_port() {
@@ -173,7 +182,7 @@ measure() {
     for hub in ${hubs//,/ }; do
       "start_$hub"
       file="$WORK/$(echo "$scenario $hub $run" | tr -c 'a-zA-Z0-9\n' _).json"
-      "$BIN" bench "$@" --target "$hub" --url "$HUB_URL" --hub-pid "$HUB_PIDS" --json >"$file"
+      "$BIN" bench "$@" --target "${hub%%_*}" --url "$HUB_URL" --hub-pid "$HUB_PIDS" --json >"$file"
       printf '%s\t%s\t%s\n' "$scenario" "$hub" "$file" >>"$INDEX"
       stop_hub
     done
@@ -182,7 +191,7 @@ measure() {
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 FANOUT=(fanout --rate 1000 --size 100 --publishers "$PUBLISHERS" --duration "$DURATION")
-measure "1,000 SSE subscribers, 1 topic" sluice,nchan -- "${FANOUT[@]}" -n 1000 --transport sse
+measure "1,000 SSE subscribers, 1 topic" sluice,sluice_nodelay,nchan -- "${FANOUT[@]}" -n 1000 --transport sse
 measure "1,000 WebSocket subscribers, 1 topic" sluice,nchan -- "${FANOUT[@]}" -n 1000 --transport ws
 # nchan has no NDJSON subscribers.
 measure "1,000 NDJSON subscribers, 1 topic" sluice -- "${FANOUT[@]}" -n 1000 --transport ndjson
