@@ -5,15 +5,24 @@
 mod common;
 
 use common::Hub;
+use common::redis::{Redis, node};
 use serde_json::Value;
 
 /// Runs `sluice bench ARGS --json` against `hub` and returns its report.
 async fn bench(hub: &Hub, args: &[&str]) -> Value {
-    let pid = hub.pid().to_string();
+    bench_nodes(&[hub], args).await
+}
+
+/// Runs `sluice bench ARGS --json` against the nodes of a hub, all their
+/// URLs and processes given, and returns its report.
+async fn bench_nodes(nodes: &[&Hub], args: &[&str]) -> Value {
+    let join =
+        |each: fn(&Hub) -> String| nodes.iter().map(|n| each(n)).collect::<Vec<_>>().join(",");
+    let (urls, pids) = (join(|n| n.url.clone()), join(|n| n.pid().to_string()));
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("bench")
         .args(args)
-        .args(["--url", &hub.url, "--hub-pid", &pid, "--json"])
+        .args(["--url", &urls, "--hub-pid", &pids, "--json"])
         .output()
         .await
         .expect("sluice bench runs");
@@ -235,6 +244,74 @@ async fn fanout_delivers_every_event_to_every_subscriber_over_each_transport() {
     }
 }
 
+/// Fan-out over three nodes on one Redis: each topic is published on one
+/// node only (3 publishers, one per node, and event n is on topic n mod 3,
+/// by publisher n mod 3), and its subscribers are on every node, so that a
+/// delivery ratio of 1 needs every node to deliver the others' events.
+#[tokio::test]
+async fn fanout_over_nodes_delivers_every_nodes_events_on_every_node() {
+    let redis = Redis::start();
+    let nodes = [
+        node(&redis, &[]).await,
+        node(&redis, &[]).await,
+        node(&redis, &[]).await,
+    ];
+    let report = bench_nodes(
+        &[&nodes[0], &nodes[1], &nodes[2]],
+        &[
+            "fanout",
+            "--subscribers",
+            "12",
+            "--topics",
+            "3",
+            "--wildcards",
+            "3",
+            "--publishers",
+            "3",
+            "--rate",
+            "300",
+            "--duration",
+            "1s",
+            "--settle",
+            "200ms",
+        ],
+    )
+    .await;
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    assert_eq!(report["urls"], serde_json::json!(urls), "{report:#}");
+    assert_eq!(report.get("url"), None, "{report:#}");
+    assert_eq!(report["publish_errors"], 0, "{report:#}");
+    let published = number(&report, "/published");
+    assert!(published > 0.0, "{report:#}");
+    // Each event has the 3 subscribers of every topic and 3 of the 9
+    // others, on its own topic.
+    assert_eq!(number(&report, "/expected"), published * 6.0, "{report:#}");
+    assert_eq!(report["received"], report["expected"], "{report:#}");
+    assert_eq!(report["delivery_ratio"], 1.0, "{report:#}");
+    assert_eq!(report["lost_subscribers"], 0, "{report:#}");
+    assert_eq!(number(&report, "/latency/count"), published * 6.0);
+    assert_cpu_measured(&report);
+
+    // Each node had one subscriber of every topic and one of each topic,
+    // so each delivered every event twice, whichever node took it.
+    for node in &nodes {
+        let metrics = common::client()
+            .get(node.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let delivered: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("sluice_events_delivered_total{transport=\"sse\"} "))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("SSE deliveries in {metrics}"));
+        assert_eq!(delivered, published * 2.0, "{}: {report:#}", node.url);
+    }
+}
+
 #[tokio::test]
 async fn idle_reports_the_hubs_memory_per_connection() {
     let hub = Hub::start(&["--storage", "memory"]).await;
@@ -265,6 +342,11 @@ async fn scenarios_that_cannot_measure_say_why() {
             "no NDJSON",
         ),
         (&["fanout", "--size", "10"], "--size must be at least 14"),
+        // Only fanout spreads its load over several nodes.
+        (
+            &["ingest", "--url", "http://127.0.0.1:1"],
+            "ingest loads one hub",
+        ),
     ] {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("bench")

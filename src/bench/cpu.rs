@@ -78,6 +78,9 @@ impl CpuSpan {
 /// CPU time used over a span.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Cpu {
+    /// Wall time of the span, for the CPU time of other processes (Redis,
+    /// by a script) to be put over the same span.
+    pub seconds: f64,
     /// CPU seconds of the bench process (user and system).
     pub bench_seconds: f64,
     /// The same over the span's wall time: 1.0 is one core kept busy.
@@ -94,6 +97,7 @@ impl Cpu {
     fn new(wall: f64, bench: f64, hub: Option<f64>, events: u64) -> Cpu {
         let per_wall = |seconds: f64| if wall > 0.0 { seconds / wall } else { 0.0 };
         Cpu {
+            seconds: wall,
             bench_seconds: bench,
             bench_cores: per_wall(bench),
             hub_seconds: hub,

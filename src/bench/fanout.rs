@@ -9,6 +9,12 @@
 //! by publisher n mod P, to topic n mod T), for `--duration`; then the
 //! bench waits up to `--drain` for the events still on their way.
 //!
+//! Given several `--url`s, the nodes of one hub on a shared log, it spreads
+//! the load over them: publisher p publishes on node p mod H, and the
+//! subscribers of each topic (and those of every topic) take the nodes in
+//! turn, so that each node's events are due on every node. The counts and
+//! latencies are over all nodes: what a cluster delivers, not one node.
+//!
 //! Each event's data starts with its send time (`stamp.rs`), from which the
 //! subscribers take its latency on arrival. The subscribers are read by
 //! `--readers` threads of their own, each with a single-threaded runtime
@@ -140,7 +146,9 @@ pub struct FanoutOutcome {
 }
 
 impl FanoutArgs {
-    pub async fn run(self, target: &Target, cpu: CpuMeter) -> anyhow::Result<FanoutOutcome> {
+    /// Runs the scenario against `targets`, the nodes of one hub (one or
+    /// more).
+    pub async fn run(self, targets: &[Target], cpu: CpuMeter) -> anyhow::Result<FanoutOutcome> {
         anyhow::ensure!(self.subscribers >= 1, "--subscribers must be at least 1");
         anyhow::ensure!(self.topics >= 1, "--topics must be at least 1");
         anyhow::ensure!(
@@ -157,8 +165,14 @@ impl FanoutArgs {
             std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u32
         });
         let run = uuid::Uuid::new_v4().simple().to_string();
-        let plan = Plan::new(&run[..8], self.topics, self.subscribers, self.wildcards);
-        let requests = plan.requests(self.flavor, target, self.transport)?;
+        let plan = Plan::new(
+            &run[..8],
+            self.topics,
+            self.subscribers,
+            self.wildcards,
+            targets.len(),
+        );
+        let requests = plan.requests(self.flavor, targets, self.transport)?;
         let epoch = Instant::now();
 
         // The subscribers, all open before anything is published.
@@ -168,13 +182,13 @@ impl FanoutArgs {
         let mut threads = Vec::new();
         let mut ready = Vec::new();
         for r in 0..readers {
-            let share: Vec<Bytes> = (r as usize..requests.len())
+            let share: Vec<(usize, Bytes)> = (r as usize..requests.len())
                 .step_by(readers as usize)
                 .map(|i| requests[i].clone())
                 .collect();
             let (opened, ready_rx) = tokio::sync::oneshot::channel();
             let reader = Reader {
-                target: target.clone(),
+                targets: targets.to_vec(),
                 transport: self.transport,
                 epoch,
                 stop: stop.clone(),
@@ -209,25 +223,32 @@ impl FanoutArgs {
         }
         let open_seconds = open_start.elapsed().as_secs_f64();
         let mut connections = Vec::with_capacity(self.publishers as usize);
-        for _ in 0..self.publishers {
-            connections.push(target.connect().await?);
+        for p in 0..self.publishers {
+            let hub = plan.hub_of_publisher(p);
+            connections.push((hub, targets[hub].connect().await?));
         }
         tokio::time::sleep(self.settle).await;
 
-        // Publishing, paced, then the drain.
-        let templates: Arc<Vec<Stamped>> = Arc::new(
-            plan.topics
-                .iter()
-                .map(|topic| self.flavor.publish(target, topic, self.size))
-                .collect(),
-        );
+        // Publishing, paced, then the drain. The requests of each node
+        // (its `Host`, its path's prefix), by topic.
+        let templates: Vec<Arc<Vec<Stamped>>> = targets
+            .iter()
+            .map(|target| {
+                let by_topic = plan.topics.iter();
+                Arc::new(
+                    by_topic
+                        .map(|topic| self.flavor.publish(target, topic, self.size))
+                        .collect(),
+                )
+            })
+            .collect();
         let span = cpu.start()?;
         let start = Instant::now();
         let first_publish = start.duration_since(epoch);
         let publishers: Vec<_> = connections
             .into_iter()
             .enumerate()
-            .map(|(p, connection)| {
+            .map(|(p, (hub, connection))| {
                 let pace = Pace {
                     first: p as u64,
                     step: u64::from(self.publishers),
@@ -236,7 +257,8 @@ impl FanoutArgs {
                     end: start + self.duration,
                     epoch,
                 };
-                tokio::spawn(publish(target.clone(), connection, templates.clone(), pace))
+                let (target, templates) = (targets[hub].clone(), templates[hub].clone());
+                tokio::spawn(publish(target, connection, templates, pace))
             })
             .collect();
         let mut published = Published::new(plan.topics.len());
@@ -299,7 +321,7 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// The run's topics and who subscribes to what.
+/// The run's topics, who subscribes to what, and who uses which node.
 #[derive(Debug)]
 struct Plan {
     topics: Vec<String>,
@@ -307,15 +329,18 @@ struct Plan {
     pattern: String,
     subscribers: u64,
     wildcards: u64,
+    /// Nodes of the hub the load is spread over.
+    hubs: u64,
 }
 
 impl Plan {
-    fn new(run: &str, topics: u64, subscribers: u64, wildcards: u64) -> Plan {
+    fn new(run: &str, topics: u64, subscribers: u64, wildcards: u64, hubs: usize) -> Plan {
         Plan {
             topics: (0..topics).map(|k| format!("bench/{run}/{k}")).collect(),
             pattern: format!("bench/{run}/*"),
             subscribers,
             wildcards,
+            hubs: hubs as u64,
         }
     }
 
@@ -324,28 +349,58 @@ impl Plan {
         (i >= self.wildcards).then(|| ((i - self.wildcards) % self.topics.len() as u64) as usize)
     }
 
-    /// Each subscriber's request, in order.
+    /// The node of subscriber `i`: the subscribers of every topic take the
+    /// nodes in turn, and so do those of each topic. (Taking turns over all
+    /// subscribers at once would put all of a topic's on one node when
+    /// there are as many topics as nodes, and no event would cross nodes.)
+    fn hub_of(&self, i: u64) -> usize {
+        let turn = match self.topic_of(i) {
+            None => i,
+            Some(_) => (i - self.wildcards) / self.topics.len() as u64,
+        };
+        (turn % self.hubs) as usize
+    }
+
+    /// The node of publisher `p`: they take the nodes in turn.
+    fn hub_of_publisher(&self, p: u32) -> usize {
+        (u64::from(p) % self.hubs) as usize
+    }
+
+    /// Each subscriber's node (an index in `targets`, the nodes) and
+    /// request, in order.
     fn requests(
         &self,
         flavor: Flavor,
-        target: &Target,
+        targets: &[Target],
         transport: Transport,
-    ) -> anyhow::Result<Vec<Bytes>> {
+    ) -> anyhow::Result<Vec<(usize, Bytes)>> {
         let all = Interest::All {
             pattern: &self.pattern,
             topics: &self.topics,
         };
-        // One request per kind of subscription, shared by their subscribers.
-        let wildcard = flavor.subscribe(target, transport, all)?;
-        let exact = self
-            .topics
+        // One request per node and kind of subscription, shared by their
+        // subscribers.
+        let by_hub = targets
             .iter()
-            .map(|topic| flavor.subscribe(target, transport, Interest::Topic(topic)))
+            .map(|target| {
+                let wildcard = flavor.subscribe(target, transport, all)?;
+                let exact = self
+                    .topics
+                    .iter()
+                    .map(|topic| flavor.subscribe(target, transport, Interest::Topic(topic)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                anyhow::Ok((wildcard, exact))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok((0..self.subscribers)
-            .map(|i| match self.topic_of(i) {
-                None => wildcard.clone(),
-                Some(k) => exact[k].clone(),
+            .map(|i| {
+                let hub = self.hub_of(i);
+                let (wildcard, exact) = &by_hub[hub];
+                let request = match self.topic_of(i) {
+                    None => wildcard.clone(),
+                    Some(k) => exact[k].clone(),
+                };
+                (hub, request)
             })
             .collect())
     }
@@ -510,7 +565,8 @@ impl Readings {
 
 /// A reader thread's settings.
 struct Reader {
-    target: Target,
+    /// The nodes, which the subscribers' requests refer to by index.
+    targets: Vec<Target>,
     transport: Transport,
     epoch: Instant,
     stop: CancellationToken,
@@ -527,11 +583,11 @@ struct Shared {
 }
 
 impl Reader {
-    /// Opens the subscriptions of `requests`, says so on `ready`, then reads
-    /// them until stopped.
+    /// Opens the subscriptions of `requests` (each with its node), says so
+    /// on `ready`, then reads them until stopped.
     fn run(
         self,
-        requests: Vec<Bytes>,
+        requests: Vec<(usize, Bytes)>,
         ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
     ) -> Readings {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -546,7 +602,10 @@ impl Reader {
         };
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async move {
-            let opened = match open_all(&self.target, self.transport, requests).await {
+            let requests = requests
+                .into_iter()
+                .map(|(hub, request)| (&self.targets[hub], request));
+            let opened = match open_all(self.transport, requests).await {
                 Ok(opened) => opened,
                 Err(error) => {
                     let _ = ready.send(Err(error));
@@ -789,7 +848,7 @@ mod tests {
 
     #[test]
     fn subscribers_are_spread_over_topics_after_the_wildcards() {
-        let plan = Plan::new("r", 3, 8, 2);
+        let plan = Plan::new("r", 3, 8, 2, 1);
         let topics: Vec<_> = (0..8).map(|i| plan.topic_of(i)).collect();
         assert_eq!(
             topics,
@@ -813,13 +872,13 @@ mod tests {
     #[test]
     fn each_subscriber_gets_the_request_of_its_topic() {
         let target = Target::parse("http://127.0.0.1:9000").unwrap();
-        let plan = Plan::new("r", 2, 4, 1);
+        let plan = Plan::new("r", 2, 4, 1, 1);
         let requests = plan
-            .requests(Flavor::Sluice, &target, Transport::Ndjson)
+            .requests(Flavor::Sluice, &[target], Transport::Ndjson)
             .unwrap();
         let lines: Vec<_> = requests
             .iter()
-            .map(|r| {
+            .map(|(_, r)| {
                 String::from_utf8_lossy(r)
                     .lines()
                     .next()
@@ -834,6 +893,64 @@ mod tests {
                 "GET /ndjson?topics=bench/r/0 HTTP/1.1",
                 "GET /ndjson?topics=bench/r/1 HTTP/1.1",
                 "GET /ndjson?topics=bench/r/0 HTTP/1.1",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_node_has_subscribers_of_every_topic_and_publishers() {
+        // As many topics as nodes: the case where turns over all the
+        // subscribers at once would keep each topic on one node.
+        let plan = Plan::new("r", 3, 2 + 9, 2, 3);
+        let placed: Vec<_> = (0..11)
+            .map(|i| (plan.topic_of(i), plan.hub_of(i)))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                (None, 0),
+                (None, 1),
+                (Some(0), 0),
+                (Some(1), 0),
+                (Some(2), 0),
+                (Some(0), 1),
+                (Some(1), 1),
+                (Some(2), 1),
+                (Some(0), 2),
+                (Some(1), 2),
+                (Some(2), 2),
+            ]
+        );
+        let publishers: Vec<_> = (0..4).map(|p| plan.hub_of_publisher(p)).collect();
+        assert_eq!(publishers, [0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn each_subscriber_asks_its_own_node() {
+        let targets = [
+            Target::parse("http://127.0.0.1:9000").unwrap(),
+            Target::parse("http://127.0.0.1:9001").unwrap(),
+        ];
+        let plan = Plan::new("r", 1, 3, 0, 2);
+        let requests = plan
+            .requests(Flavor::Sluice, &targets, Transport::Sse)
+            .unwrap();
+        let hosts: Vec<_> = requests
+            .iter()
+            .map(|(hub, request)| {
+                let host = String::from_utf8_lossy(request)
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Host: ").map(str::to_string))
+                    .unwrap();
+                (*hub, host)
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                (0, "127.0.0.1:9000".to_string()),
+                (1, "127.0.0.1:9001".to_string()),
+                (0, "127.0.0.1:9000".to_string()),
             ]
         );
     }

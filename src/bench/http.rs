@@ -41,8 +41,9 @@ const READ_SIZE: usize = 256 * 1024;
 /// in TIME_WAIT; below that, with room to spare.
 const PER_SOURCE: u64 = 20_000;
 
-/// The hub under load: every request of a run goes to this address, and to
-/// no other.
+/// The hub under load (or one of its nodes, when `fanout` spreads its load
+/// over several): the requests of a run go to this address, and to no
+/// other but those of the other nodes.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// `host:port`, to connect to.
@@ -54,8 +55,8 @@ pub struct Target {
     prefix: String,
     /// The URL as given, for the report.
     pub url: String,
-    /// Connections opened so far, by all clones: which source address the
-    /// next one comes from.
+    /// Connections opened so far to this address, by all clones: which
+    /// source address the next one comes from.
     opened: Arc<AtomicU64>,
 }
 

@@ -174,15 +174,15 @@ pub struct Opened {
     pub received: Vec<u8>,
 }
 
-/// Opens the subscriptions of `requests`, `OPEN_AT_ONCE` at a time, each
-/// on a connection of its own; fails with the first that cannot be opened.
-pub async fn open_all(
-    target: &Target,
+/// Opens the subscriptions of `requests`, each on a connection of its own
+/// to the hub it is for (its request names that hub's host), `OPEN_AT_ONCE`
+/// at a time; fails with the first that cannot be opened.
+pub async fn open_all<'a>(
     transport: Transport,
-    requests: impl IntoIterator<Item = Bytes>,
+    requests: impl IntoIterator<Item = (&'a Target, Bytes)>,
 ) -> anyhow::Result<Vec<Opened>> {
     futures_util::stream::iter(requests)
-        .map(|request| async move {
+        .map(|(target, request)| async move {
             let connection = target.connect_with_buffer(HEAD_BUFFER).await?;
             let body = connection
                 .stream(&request, OPEN_TIMEOUT, transport.opens_with())

@@ -62,8 +62,8 @@ impl IdleArgs {
             .subscribe(target, Transport::Sse, Interest::Topic(&topic))?;
         let before = resident(hub_pids)?;
         let start = Instant::now();
-        let requests = (0..self.connections).map(|_| request.clone());
-        let open = open_all(target, Transport::Sse, requests).await?;
+        let requests = (0..self.connections).map(|_| (target, request.clone()));
+        let open = open_all(Transport::Sse, requests).await?;
         let open_seconds = start.elapsed().as_secs_f64();
         tokio::time::sleep(self.settle).await;
         let after = resident(hub_pids)?;

@@ -15,7 +15,9 @@
 //! answers decoded in place (`http.rs`, `wire.rs`, `ws.rs`), so that the
 //! bench spends as little CPU per request and per event as it can: it
 //! shares the machine with the hub it measures. `fanout` and `idle` load
-//! nchan too, for comparison (`hubs.rs`).
+//! nchan too, for comparison (`hubs.rs`); `fanout` also spreads its load
+//! over several nodes of one hub (`--storage redis`), to measure delivery
+//! across them.
 
 mod cpu;
 pub mod fanout;
@@ -51,15 +53,25 @@ pub struct BenchArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
     /// URL of the hub: all of the load goes there, and nowhere else.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    /// `fanout` takes several (repeated or comma-separated), the nodes of
+    /// one hub on a shared log (`--storage redis`): it spreads its
+    /// subscribers and its publishers over them, so that events published
+    /// on each node are delivered on every node.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL[,URL…]",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub url: Vec<String>,
     /// Print the results as one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
     /// Process ids of the hub, when it runs on this machine (nginx: its
-    /// master and workers, comma-separated): its CPU time over the
-    /// measurement is reported too, in all and per event, and `idle` reads
-    /// its memory.
+    /// master and workers; several nodes: all of theirs; comma-separated):
+    /// their CPU time over the measurement is reported too, in all and per
+    /// event, and `idle` reads their memory.
     #[arg(long, global = true, value_name = "PID[,PID…]", value_delimiter = ',')]
     pub hub_pid: Vec<u32>,
 }
@@ -97,35 +109,45 @@ pub trait Outcome: Serialize {
 
 impl BenchArgs {
     pub async fn run(self) -> anyhow::Result<()> {
-        let target = Target::parse(&self.common.url)?;
+        let targets = self
+            .common
+            .url
+            .iter()
+            .map(|url| Target::parse(url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let cpu = CpuMeter::new(&self.common.hub_pid)?;
         raise_open_files()?;
+        let json = self.common.json;
         match self.scenario {
-            Scenario::Ingest(args) => emit(
-                "ingest",
-                &target,
-                &self.common,
-                &args.run(&target, cpu).await?,
-            ),
-            Scenario::Replay(args) => emit(
-                "replay",
-                &target,
-                &self.common,
-                &args.run(&target, cpu).await?,
-            ),
-            Scenario::Fanout(args) => emit(
-                "fanout",
-                &target,
-                &self.common,
-                &args.run(&target, cpu).await?,
-            ),
-            Scenario::Idle(args) => emit(
-                "idle",
-                &target,
-                &self.common,
-                &args.run(&target, &self.common.hub_pid).await?,
-            ),
+            Scenario::Ingest(args) => {
+                let target = one_hub("ingest", &targets)?;
+                emit("ingest", &targets, json, &args.run(target, cpu).await?)
+            }
+            Scenario::Replay(args) => {
+                let target = one_hub("replay", &targets)?;
+                emit("replay", &targets, json, &args.run(target, cpu).await?)
+            }
+            Scenario::Fanout(args) => {
+                emit("fanout", &targets, json, &args.run(&targets, cpu).await?)
+            }
+            Scenario::Idle(args) => {
+                let target = one_hub("idle", &targets)?;
+                let outcome = args.run(target, &self.common.hub_pid).await?;
+                emit("idle", &targets, json, &outcome)
+            }
         }
+    }
+}
+
+/// The hub of a scenario that loads one: what the others measure (a node's
+/// publish rate, one subscriber's replay, one process's memory) is of one
+/// node.
+fn one_hub<'a>(scenario: &str, targets: &'a [Target]) -> anyhow::Result<&'a Target> {
+    match targets {
+        [target] => Ok(target),
+        _ => anyhow::bail!(
+            "{scenario} loads one hub: give one --url (only fanout spreads its load over several)"
+        ),
     }
 }
 
@@ -138,32 +160,57 @@ fn raise_open_files() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The hubs a run loaded, as its report names them: `url` for one, as
+/// before `fanout` took several, and `urls` for several.
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Urls<'a> {
+    Url(&'a str),
+    Urls(Vec<&'a str>),
+}
+
+impl<'a> Urls<'a> {
+    fn of(targets: &'a [Target]) -> Urls<'a> {
+        match targets {
+            [target] => Urls::Url(&target.url),
+            _ => Urls::Urls(targets.iter().map(|target| target.url.as_str()).collect()),
+        }
+    }
+
+    /// The table's row.
+    fn row(&self) -> (&'static str, String) {
+        match self {
+            Urls::Url(url) => ("url", url.to_string()),
+            Urls::Urls(urls) => ("urls", urls.join(", ")),
+        }
+    }
+}
+
 /// Prints `outcome` on stdout, as JSON or as a table, then its verdict.
 fn emit<O: Outcome>(
     scenario: &str,
-    target: &Target,
-    common: &Common,
+    targets: &[Target],
+    json: bool,
     outcome: &O,
 ) -> anyhow::Result<()> {
-    let text = if common.json {
+    let urls = Urls::of(targets);
+    let text = if json {
         #[derive(Serialize)]
         struct Envelope<'a, O> {
             scenario: &'a str,
-            url: &'a str,
+            #[serde(flatten)]
+            urls: Urls<'a>,
             #[serde(flatten)]
             outcome: &'a O,
         }
         let envelope = Envelope {
             scenario,
-            url: &target.url,
+            urls,
             outcome,
         };
         serde_json::to_string_pretty(&envelope)? + "\n"
     } else {
-        let mut rows = vec![
-            ("scenario", scenario.to_string()),
-            ("url", target.url.clone()),
-        ];
+        let mut rows = vec![("scenario", scenario.to_string()), urls.row()];
         rows.extend(outcome.rows());
         let mut text = table(&rows);
         let latencies = outcome.latencies();

@@ -2,6 +2,7 @@
 //! port and talks to it over real sockets, as users do.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod redis;
 pub mod ws;
 
 use std::path::Path;
