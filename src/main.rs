@@ -6,6 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// See the `jemalloc` feature in Cargo.toml.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use sluice::auth::Auth;
 use sluice::config::{Config, LogFormat, ServeArgs};
 use sluice::http::AppState;

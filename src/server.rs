@@ -23,12 +23,12 @@ use axum::http::{StatusCode, Version};
 use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -69,12 +69,22 @@ pub struct ConnInfo {
     pub close: CancellationToken,
 }
 
+/// What a plain-text HTTP/2 client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// What every connection task shares.
 struct Server {
     app: Router,
     state: AppState,
-    builder: Builder<TokioExecutor>,
+    /// Plain text: we tell HTTP/2 from HTTP/1.1 ourselves (`sniff`) and
+    /// hand the socket to one of these two, untouched.
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// TLS: hyper-util tells them apart by reading the first bytes.
+    auto: Builder<TokioExecutor>,
     tls: Option<Tls>,
+    /// Cancelled at shutdown: each connection finishes gracefully.
+    shutdown: CancellationToken,
 }
 
 /// Serves the router of `state` until `shutdown` is cancelled, then stops
@@ -92,12 +102,17 @@ pub async fn serve(
         .map(|b| usize::try_from(b.as_u64()).unwrap_or(usize::MAX));
     let server = Arc::new(Server {
         app: crate::http::router(state.clone()),
-        builder: builder(&state.config),
+        http1: http1_builder(&state.config),
+        http2: http2_builder(&state.config),
+        auto: builder(&state.config),
         state,
         tls,
+        shutdown: shutdown.clone(),
     });
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender: when all are gone, so are the
+    // connections.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -118,21 +133,61 @@ pub async fn serve(
                     io: stream,
                     _admitted: admitted,
                 };
-                tokio::spawn(server.clone().connection(io, remote, graceful.watcher()));
+                // Two kinds of task: a plain-text connection's future does
+                // not carry the room of a TLS one (the rustls state and the
+                // auto builder's HTTP/2 connection), which every idle
+                // connection would otherwise keep allocated.
+                let open = open.clone();
+                match server.tls {
+                    None => tokio::spawn(server.clone().plain(io, remote, open)),
+                    Some(_) => tokio::spawn(server.clone().tls(io, remote, open)),
+                };
             }
             Err(refusal) => server.refuse(stream, remote, refusal, &refusing),
         }
     }
     drop(listener);
+    drop(open);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = all_closed.recv() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("connections still open after {DRAIN:?}; closing them"),
     }
 }
 
+/// The largest request head `config` allows.
+fn head_limit(config: &Config) -> u64 {
+    config.max_url_length.as_u64() + config.max_header_size.as_u64() + REQUEST_LINE
+}
+
+/// HTTP/1.1 with the limits of `config` (as `builder`'s).
+fn http1_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(
+            usize::try_from(head_limit(config))
+                .unwrap_or(usize::MAX)
+                .max(8192),
+        );
+    builder
+}
+
+/// HTTP/2 with the limits of `config` (as `builder`'s).
+fn http2_builder(config: &Config) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .max_header_list_size(u32::try_from(head_limit(config)).unwrap_or(u32::MAX))
+        .keep_alive_interval(config.keepalive)
+        .keep_alive_timeout(config.keepalive);
+    builder
+}
+
 /// HTTP/1.1 and HTTP/2 with the limits of `config`.
 fn builder(config: &Config) -> Builder<TokioExecutor> {
-    let head = config.max_url_length.as_u64() + config.max_header_size.as_u64() + REQUEST_LINE;
+    let head = head_limit(config);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -153,33 +208,78 @@ fn builder(config: &Config) -> Builder<TokioExecutor> {
 }
 
 impl Server {
-    /// One admitted connection: the TLS handshake if any, then HTTP, with
-    /// `header_timeout` for both and for the first request's headers.
-    async fn connection(self: Arc<Self>, io: Counted, remote: SocketAddr, watcher: Watcher) {
+    /// One admitted plain-text connection: HTTP/1.1, or HTTP/2 with prior
+    /// knowledge, with `header_timeout` for the first request's headers.
+    ///
+    /// We look at the first bytes with `peek` rather than let hyper-util's
+    /// auto builder read them: its read leaves 24 bytes to hand back to
+    /// hyper, whose 8 KiB read buffer then grows to 16 KiB for the rest of
+    /// the request, and stays that size as long as the connection lives.
+    async fn plain(self: Arc<Self>, io: Counted, remote: SocketAddr, _open: mpsc::Sender<()>) {
         let deadline = Instant::now() + self.state.config.header_timeout;
-        match &self.tls {
-            None => self.http(io, remote, deadline, watcher).await,
-            Some(tls) => match tokio::time::timeout_at(deadline, tls.serve.accept(io)).await {
-                Ok(Ok(io)) => self.http(io, remote, deadline, watcher).await,
-                Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
-                Err(_) => self.too_slow(remote),
-            },
+        let http2 = match tokio::time::timeout_at(deadline, sniff(&io.io)).await {
+            Ok(Ok(http2)) => http2,
+            Ok(Err(error)) => return tracing::debug!(%remote, %error, "connection failed"),
+            Err(_) => return self.too_slow(remote),
+        };
+        let (close, requested) = (CancellationToken::new(), CancellationToken::new());
+        let service = hyper::service::service_fn(self.service(remote, &close, &requested));
+        let io = TokioIo::new(io);
+        if http2 {
+            // Boxed: an HTTP/2 connection's state is large, and most
+            // connections are HTTP/1.1.
+            let mut connection = Box::pin(self.http2.serve_connection(io, service));
+            self.drive(connection.as_mut(), remote, deadline, close, requested)
+                .await;
+        } else {
+            // Pinned here, and borrowed by `drive`: moving it into `drive`
+            // would make room for it twice in this task.
+            let connection =
+                std::pin::pin!(self.http1.serve_connection(io, service).with_upgrades());
+            self.drive(connection, remote, deadline, close, requested)
+                .await;
         }
     }
 
-    async fn http<I>(&self, io: I, remote: SocketAddr, deadline: Instant, watcher: Watcher)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let close = CancellationToken::new();
-        let requested = CancellationToken::new();
+    /// One admitted TLS connection: the handshake, then HTTP/2 or HTTP/1.1,
+    /// with `header_timeout` for both and for the first request's headers.
+    async fn tls(self: Arc<Self>, io: Counted, remote: SocketAddr, _open: mpsc::Sender<()>) {
+        let Some(tls) = &self.tls else { return };
+        let deadline = Instant::now() + self.state.config.header_timeout;
+        let io = match tokio::time::timeout_at(deadline, tls.serve.accept(io)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(error)) => return tracing::debug!(%remote, %error, "TLS handshake failed"),
+            Err(_) => return self.too_slow(remote),
+        };
+        let (close, requested) = (CancellationToken::new(), CancellationToken::new());
+        let service = hyper::service::service_fn(self.service(remote, &close, &requested));
+        let connection = std::pin::pin!(
+            self.auto
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+        );
+        self.drive(connection, remote, deadline, close, requested)
+            .await;
+    }
+
+    /// The router as one connection's hyper service (for `service_fn`).
+    /// Each request carries the connection's `ConnInfo`, whose `close`
+    /// closes the connection; the first request cancels `requested`.
+    fn service(
+        &self,
+        remote: SocketAddr,
+        close: &CancellationToken,
+        requested: &CancellationToken,
+    ) -> impl Fn(hyper::Request<Incoming>) -> tower::util::Oneshot<Router, hyper::Request<Body>>
+    + Clone
+    + Send
+    + 'static {
         let info = ConnInfo {
             remote,
             close: close.clone(),
         };
         let app = self.app.clone();
         let first = requested.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        move |mut request: hyper::Request<Incoming>| {
             first.cancel();
             let mut info = info.clone();
             if request.version() == Version::HTTP_2 {
@@ -187,11 +287,22 @@ impl Server {
             }
             request.extensions_mut().insert(info);
             app.clone().oneshot(request.map(Body::new))
-        });
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
+        }
+    }
+
+    /// Serves `connection` until it ends, the hub closes it (`close`), or
+    /// its first request is late; at shutdown, lets it finish gracefully.
+    async fn drive<C, E>(
+        &self,
+        mut connection: Pin<&mut C>,
+        remote: SocketAddr,
+        deadline: Instant,
+        close: CancellationToken,
+        requested: CancellationToken,
+    ) where
+        C: Future<Output = Result<(), E>> + Graceful,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         // hyper's HTTP/1.1 timer covers each request's headers, but not the
         // wait for the first bytes, nor an HTTP/2 client that never sends a
         // request.
@@ -201,9 +312,18 @@ impl Server {
                 std::future::pending::<()>().await;
             }
         };
+        let serve = async {
+            tokio::select! {
+                result = connection.as_mut() => return result,
+                _ = self.shutdown.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        };
         tokio::select! {
-            result = watcher.watch(connection) => {
+            result = serve => {
                 if let Err(error) = result {
+                    let error: Box<dyn std::error::Error + Send + Sync> = error.into();
                     let hyper = error.downcast_ref::<hyper::Error>();
                     if hyper.is_some_and(hyper::Error::is_timeout) {
                         self.too_slow(remote);
@@ -324,6 +444,72 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     let mut sink = [0u8; 4096];
     while stream.read(&mut sink).await? > 0 {}
     Ok(())
+}
+
+/// Whether a plain-text connection opens with HTTP/2's preface, read with
+/// `peek` so that hyper reads the request itself, whole, into its buffer.
+async fn sniff(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || first[..n] != H2_PREFACE[..n] {
+            // HTTP/1.1 (or a closed connection, which hyper then sees).
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far: `peek` would return the same bytes
+        // at once, so give the rest a moment to come.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// hyper's connections that can be asked to finish their requests and close.
+trait Graceful {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> Graceful for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
+    }
 }
 
 fn tune(stream: &TcpStream, send_buffer: Option<usize>) {
