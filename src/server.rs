@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -83,8 +83,12 @@ struct Server {
     /// TLS: hyper-util tells them apart by reading the first bytes.
     auto: Builder<TokioExecutor>,
     tls: Option<Tls>,
-    /// Cancelled at shutdown: each connection finishes gracefully.
-    shutdown: CancellationToken,
+    /// Changes (or closes) at shutdown: each connection finishes gracefully.
+    /// A watch channel rather than the shutdown token: every connection
+    /// polls it each time it wakes, and a watch's receivers share no lock
+    /// (the token's waiters all lock one mutex, which the cores then fight
+    /// over on every event delivered).
+    draining: watch::Receiver<()>,
 }
 
 /// Serves the router of `state` until `shutdown` is cancelled, then stops
@@ -96,6 +100,7 @@ pub async fn serve(
     tls: Option<Tls>,
     shutdown: CancellationToken,
 ) {
+    let (drain, draining) = watch::channel(());
     let send_buffer = state
         .config
         .socket_send_buffer
@@ -107,7 +112,7 @@ pub async fn serve(
         auto: builder(&state.config),
         state,
         tls,
-        shutdown: shutdown.clone(),
+        draining,
     });
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     // Every connection task holds a sender: when all are gone, so are the
@@ -147,6 +152,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(drain);
     drop(open);
     tokio::select! {
         _ = all_closed.recv() => tracing::info!("all connections closed"),
@@ -312,10 +318,12 @@ impl Server {
                 std::future::pending::<()>().await;
             }
         };
+        let mut draining = self.draining.clone();
         let serve = async {
             tokio::select! {
                 result = connection.as_mut() => return result,
-                _ = self.shutdown.cancelled() => {}
+                // The sender is dropped when draining starts.
+                _ = draining.changed() => {}
             }
             connection.as_mut().graceful_shutdown();
             connection.await
