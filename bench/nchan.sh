@@ -87,10 +87,17 @@ start_sluice() {
   exit 1
 }
 
-# Sluice writing every event at once, without write coalescing: the cost
-# of each socket write, for comparison.
+# Sluice with other write delays than its default (10ms): without write
+# coalescing (every event woken at once), and with longer delays, to show
+# what a socket write costs and what waiting longer saves.
 start_sluice_nodelay() {
   start_sluice --write-delay 0
+}
+start_sluice_delay20() {
+  start_sluice --write-delay 20ms
+}
+start_sluice_delay40() {
+  start_sluice --write-delay 40ms
 }
 
 free_port() {
@@ -191,7 +198,8 @@ measure() {
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 FANOUT=(fanout --rate 1000 --size 100 --publishers "$PUBLISHERS" --duration "$DURATION")
-measure "1,000 SSE subscribers, 1 topic" sluice,sluice_nodelay,nchan -- "${FANOUT[@]}" -n 1000 --transport sse
+measure "1,000 SSE subscribers, 1 topic" sluice,nchan,sluice_nodelay,sluice_delay20,sluice_delay40 -- \
+  "${FANOUT[@]}" -n 1000 --transport sse
 measure "1,000 WebSocket subscribers, 1 topic" sluice,nchan -- "${FANOUT[@]}" -n 1000 --transport ws
 # nchan has no NDJSON subscribers.
 measure "1,000 NDJSON subscribers, 1 topic" sluice -- "${FANOUT[@]}" -n 1000 --transport ndjson

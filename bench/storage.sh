@@ -94,6 +94,8 @@ publishing() {
     ingest --mode single -c 32 --duration "$DURATION"
   measure "$storage" "$@" -- "batches of 100, 4 publishers" \
     ingest --mode batch --batch-size 100 -c 4 --duration "$DURATION"
+  measure "$storage" "$@" -- "batches of 1,000, 4 publishers" \
+    ingest --mode batch --batch-size 1000 -c 4 --duration "$DURATION"
 }
 
 # replaying STORAGE SERVE-ARGS...: catch-up speed, of a topic alone and of
@@ -103,6 +105,7 @@ replaying() {
   shift
   echo "$storage: replay ($REPEAT runs of each)" >&2
   measure "$storage" "$@" -- "100k events" replay --events 100k
+  measure "$storage" "$@" -- "1M events" replay --events 1M
   measure "$storage" "$@" -- "1k events among 100k others" \
     replay --events 1k --noise 100k
   measure "$storage" "$@" -- "1k events among 1M others" \
