@@ -29,8 +29,9 @@ const TICKS_PER_KEEPALIVE: u32 = 4;
 pub const KEEPALIVE_TICKS: u64 = TICKS_PER_KEEPALIVE as u64 + 1;
 
 /// Starts the write tick (unless `write_delay` is zero) and the keep-alive
-/// tick; both end with `shutdown`. Returns the keep-alive tick's receiver,
-/// for subscriptions to clone.
+/// tick; both end with `shutdown`, and the keep-alive tick's sender with
+/// them, which tells every subscription that the hub is shutting down.
+/// Returns the keep-alive tick's receiver, for subscriptions to clone.
 pub fn start(
     fanout: Arc<Fanout>,
     write_delay: Duration,

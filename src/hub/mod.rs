@@ -165,7 +165,6 @@ impl Hub {
             self.fanout.clone(),
             self.subscriber_buffer,
             self.keepalive.clone(),
-            self.shutdown.clone(),
         )
     }
 

@@ -13,12 +13,11 @@
 //! is missed and nothing comes twice, however fast publishers publish.
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use super::clock::KEEPALIVE_TICKS;
 use super::fanout::{ClientInfo, Fanout};
@@ -89,16 +88,16 @@ pub struct Subscription {
     batch: Vec<Queued>,
     replay: Option<Replay>,
     /// The hub's keep-alive tick (see `hub::clock`), shared by every
-    /// subscription instead of a timer each.
+    /// subscription instead of a timer each. Its sender goes when the hub
+    /// shuts down, which ends the subscription: a watch channel's receivers
+    /// share no lock, where polling the shutdown token on every wake-up
+    /// would lock one mutex that every subscription shares.
     keepalive: watch::Receiver<u64>,
     /// The keep-alive tick during which something was last sent.
     sent_in: u64,
     /// The batch holds a replay page that a gap item went out before: it
     /// is the next item.
     after_gap: bool,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// The same signal, checked between replay pages.
-    shutting_down: CancellationToken,
 }
 
 /// Everything needed to open a subscription.
@@ -117,7 +116,6 @@ impl Subscription {
         fanout: Arc<Fanout>,
         buffer: usize,
         mut keepalive: watch::Receiver<u64>,
-        shutdown: CancellationToken,
     ) -> Subscription {
         let filter = Arc::new(request.filter);
         let registration = fanout.register(
@@ -153,8 +151,6 @@ impl Subscription {
             keepalive,
             sent_in,
             after_gap: false,
-            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
-            shutting_down: shutdown,
         }
     }
 
@@ -178,7 +174,7 @@ impl Subscription {
         loop {
             if let Some(replay) = &mut self.replay {
                 // Checked between pages: a long replay stops at shutdown.
-                if self.shutting_down.is_cancelled() {
+                if self.keepalive.has_changed().is_err() {
                     return Err(End::Closed);
                 }
                 if replay.done {
@@ -231,21 +227,13 @@ impl Subscription {
                 mailbox,
                 batch,
                 keepalive,
-                shutdown,
                 ..
             } = self;
             tokio::select! {
                 biased;
-                _ = shutdown => return Err(End::Closed),
-                taken = poll_fn(|cx| mailbox.poll_take(cx, batch)) => {
-                    return match taken {
-                        Taken::Events => Ok(self.deliver()),
-                        Taken::Closed => Err(End::CutOff),
-                    };
-                }
+                // First: at shutdown the stream ends, events pending or not.
                 changed = keepalive.changed() => {
                     let Ok(()) = changed else {
-                        // The hub is going away; its shutdown ends this.
                         return Err(End::Closed);
                     };
                     let tick = *keepalive.borrow_and_update();
@@ -253,6 +241,12 @@ impl Subscription {
                         self.sent_in = tick;
                         return Ok(Item::KeepAlive);
                     }
+                }
+                taken = poll_fn(|cx| mailbox.poll_take(cx, batch)) => {
+                    return match taken {
+                        Taken::Events => Ok(self.deliver()),
+                        Taken::Closed => Err(End::CutOff),
+                    };
                 }
             }
         }
