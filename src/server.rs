@@ -25,7 +25,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -76,12 +75,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 struct Server {
     app: Router,
     state: AppState,
-    /// Plain text: we tell HTTP/2 from HTTP/1.1 ourselves (`sniff`) and
-    /// hand the socket to one of these two, untouched.
+    /// One of these two serves each connection, chosen by ALPN with TLS
+    /// and by `sniff` in plain text, so that it holds the state of one
+    /// protocol only.
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    /// TLS: hyper-util tells them apart by reading the first bytes.
-    auto: Builder<TokioExecutor>,
     tls: Option<Tls>,
     /// Changes (or closes) at shutdown: each connection finishes gracefully.
     /// A watch channel rather than the shutdown token: every connection
@@ -109,7 +107,6 @@ pub async fn serve(
         app: crate::http::router(state.clone()),
         http1: http1_builder(&state.config),
         http2: http2_builder(&state.config),
-        auto: builder(&state.config),
         state,
         tls,
         draining,
@@ -139,9 +136,8 @@ pub async fn serve(
                     _admitted: admitted,
                 };
                 // Two kinds of task: a plain-text connection's future does
-                // not carry the room of a TLS one (the rustls state and the
-                // auto builder's HTTP/2 connection), which every idle
-                // connection would otherwise keep allocated.
+                // not carry the room of a TLS one (the rustls state), which
+                // every idle connection would otherwise keep allocated.
                 let open = open.clone();
                 match server.tls {
                     None => tokio::spawn(server.clone().plain(io, remote, open)),
@@ -165,12 +161,13 @@ fn head_limit(config: &Config) -> u64 {
     config.max_url_length.as_u64() + config.max_header_size.as_u64() + REQUEST_LINE
 }
 
-/// HTTP/1.1 with the limits of `config` (as `builder`'s).
+/// HTTP/1.1 with the limits of `config`.
 fn http1_builder(config: &Config) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        // hyper's minimum is 8 KiB.
         .max_buf_size(
             usize::try_from(head_limit(config))
                 .unwrap_or(usize::MAX)
@@ -179,35 +176,15 @@ fn http1_builder(config: &Config) -> http1::Builder {
     builder
 }
 
-/// HTTP/2 with the limits of `config` (as `builder`'s).
+/// HTTP/2 with the limits of `config`. A peer that stops answering pings
+/// (one that stopped reading altogether) loses the connection; one stalled
+/// stream does not.
 fn http2_builder(config: &Config) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.max_streams_per_connection)
         .max_header_list_size(u32::try_from(head_limit(config)).unwrap_or(u32::MAX))
-        .keep_alive_interval(config.keepalive)
-        .keep_alive_timeout(config.keepalive);
-    builder
-}
-
-/// HTTP/1.1 and HTTP/2 with the limits of `config`.
-fn builder(config: &Config) -> Builder<TokioExecutor> {
-    let head = head_limit(config);
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        // hyper's minimum is 8 KiB.
-        .max_buf_size(usize::try_from(head).unwrap_or(usize::MAX).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.max_streams_per_connection)
-        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
-        // A peer that stops answering pings (one that stopped reading
-        // altogether) loses the connection; one stalled stream does not.
         .keep_alive_interval(config.keepalive)
         .keep_alive_timeout(config.keepalive);
     builder
@@ -228,6 +205,30 @@ impl Server {
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "connection failed"),
             Err(_) => return self.too_slow(remote),
         };
+        self.http(io, http2, remote, deadline).await;
+    }
+
+    /// One admitted TLS connection: the handshake, then HTTP/2 or HTTP/1.1,
+    /// with `header_timeout` for both and for the first request's headers.
+    async fn tls(self: Arc<Self>, io: Counted, remote: SocketAddr, _open: mpsc::Sender<()>) {
+        let Some(tls) = &self.tls else { return };
+        let deadline = Instant::now() + self.state.config.header_timeout;
+        let io = match tokio::time::timeout_at(deadline, tls.serve.accept(io)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(error)) => return tracing::debug!(%remote, %error, "TLS handshake failed"),
+            Err(_) => return self.too_slow(remote),
+        };
+        // HTTP/2 over TLS is chosen by ALPN (RFC 9113, section 3.2).
+        let http2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
+        self.http(io, http2, remote, deadline).await;
+    }
+
+    /// HTTP/2 or HTTP/1.1 on `io`, with hyper's own builder for each: a
+    /// connection holds only the state of its protocol.
+    async fn http<I>(&self, io: I, http2: bool, remote: SocketAddr, deadline: Instant)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (close, requested) = (CancellationToken::new(), CancellationToken::new());
         let service = hyper::service::service_fn(self.service(remote, &close, &requested));
         let io = TokioIo::new(io);
@@ -245,26 +246,6 @@ impl Server {
             self.drive(connection, remote, deadline, close, requested)
                 .await;
         }
-    }
-
-    /// One admitted TLS connection: the handshake, then HTTP/2 or HTTP/1.1,
-    /// with `header_timeout` for both and for the first request's headers.
-    async fn tls(self: Arc<Self>, io: Counted, remote: SocketAddr, _open: mpsc::Sender<()>) {
-        let Some(tls) = &self.tls else { return };
-        let deadline = Instant::now() + self.state.config.header_timeout;
-        let io = match tokio::time::timeout_at(deadline, tls.serve.accept(io)).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(error)) => return tracing::debug!(%remote, %error, "TLS handshake failed"),
-            Err(_) => return self.too_slow(remote),
-        };
-        let (close, requested) = (CancellationToken::new(), CancellationToken::new());
-        let service = hyper::service::service_fn(self.service(remote, &close, &requested));
-        let connection = std::pin::pin!(
-            self.auto
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-        );
-        self.drive(connection, remote, deadline, close, requested)
-            .await;
     }
 
     /// The router as one connection's hyper service (for `service_fn`).
@@ -502,21 +483,6 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http2::Connection::graceful_shutdown(self)
-    }
-}
-
-impl<I, S, B, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
-where
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Future: 'static,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
     }
 }
 
