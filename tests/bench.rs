@@ -295,14 +295,7 @@ async fn fanout_over_nodes_delivers_every_nodes_events_on_every_node() {
     // Each node had one subscriber of every topic and one of each topic,
     // so each delivered every event twice, whichever node took it.
     for node in &nodes {
-        let metrics = common::client()
-            .get(node.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = node.get_text("/metrics").await;
         let delivered: f64 = metrics
             .lines()
             .find_map(|line| line.strip_prefix("sluice_events_delivered_total{transport=\"sse\"} "))

@@ -127,14 +127,7 @@ async fn the_page_and_all_its_assets_come_from_the_binary() {
     ] {
         assert!(seen.iter().any(|p| p == asset), "{asset} in {seen:?}");
     }
-    let uplot = client
-        .get(hub.at("/demo/uPlot.iife.min.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let uplot = hub.get_text("/demo/uPlot.iife.min.js").await;
     assert!(
         uplot.len() > 10_000 && uplot.contains("uPlot"),
         "uPlot itself"

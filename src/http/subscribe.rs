@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, header, request::Parts};
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::Utc;
+use futures_util::future::{Either, ready};
 use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -305,12 +306,12 @@ pub fn body(
             Err(End::CutOff) => {
                 presence.end(Reason::Slow);
                 let error = std::io::Error::other("subscriber fell behind and was cut off");
-                return Some((stream::iter(vec![Err(error)]), None));
+                return Some((Either::Right(stream::once(ready(Err(error)))), None));
             }
         };
         presence.sent(chunks.iter().map(Bytes::len).sum());
-        let chunks = stream::iter(chunks.into_iter().map(Ok).collect::<Vec<_>>());
-        Some((chunks, Some((subscription, presence, expiry))))
+        let chunks = stream::iter(chunks.into_iter().map(Ok));
+        Some((Either::Left(chunks), Some((subscription, presence, expiry))))
     });
     Body::from_stream(stream::iter(preamble.map(Ok)).chain(items.flatten()))
 }

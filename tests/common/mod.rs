@@ -142,6 +142,17 @@ impl Hub {
             .collect()
     }
 
+    /// The body of a successful `GET path`, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = client().get(self.at(path)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.text().await.unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = client().get(self.at(path)).send().await.unwrap();
         let status = response.status().as_u16();
