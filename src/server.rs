@@ -11,6 +11,7 @@
 //! are counted and refused with an answer, and clients that are slow to
 //! send a request are cut off.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +20,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{StatusCode, Version};
-use axum::response::IntoResponse;
+use axum::http::{Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -34,6 +36,7 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::http::AppState;
+use crate::http::direct::{self, Detached, Handoff};
 use crate::http::errors::ApiError;
 use crate::limits::{Admitted, Refusal};
 use crate::tls::Tls;
@@ -66,6 +69,10 @@ pub struct ConnInfo {
     /// a token of its own, which closes nothing: a subscription that sees
     /// it cancelled ends its response body, which resets only its stream.
     pub close: CancellationToken,
+    /// Whether a streaming response to this request may be written by the
+    /// connection itself (see [`crate::http::direct`]): a `GET` over
+    /// plain-text HTTP/1.1.
+    pub detachable: bool,
 }
 
 /// What a plain-text HTTP/2 client with prior knowledge sends first.
@@ -131,10 +138,10 @@ pub async fn serve(
         tune(&stream, send_buffer);
         match server.state.limits.admit(remote.ip()) {
             Ok(admitted) => {
-                let io = Counted {
+                let io = Shared(Arc::new(Counted {
                     io: stream,
                     _admitted: admitted,
-                };
+                }));
                 // Two kinds of task: a plain-text connection's future does
                 // not carry the room of a TLS one (the rustls state), which
                 // every idle connection would otherwise keep allocated.
@@ -198,19 +205,26 @@ impl Server {
     /// auto builder read them: its read leaves 24 bytes to hand back to
     /// hyper, whose 8 KiB read buffer then grows to 16 KiB for the rest of
     /// the request, and stays that size as long as the connection lives.
-    async fn plain(self: Arc<Self>, io: Counted, remote: SocketAddr, _open: mpsc::Sender<()>) {
+    ///
+    /// A subscription's response on HTTP/1.1 is written by this task
+    /// itself once hyper has given it up (see [`crate::http::direct`]).
+    async fn plain(self: Arc<Self>, io: Shared, remote: SocketAddr, _open: mpsc::Sender<()>) {
         let deadline = Instant::now() + self.state.config.header_timeout;
-        let http2 = match tokio::time::timeout_at(deadline, sniff(&io.io)).await {
+        let http2 = match tokio::time::timeout_at(deadline, sniff(&io.0.io)).await {
             Ok(Ok(http2)) => http2,
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "connection failed"),
             Err(_) => return self.too_slow(remote),
         };
-        self.http(io, http2, remote, deadline).await;
+        let socket = io.0.clone();
+        let handoff = (!http2).then(Arc::<Handoff>::default);
+        if let Some(detached) = self.http(io, http2, remote, deadline, handoff).await {
+            direct::write(&socket.io, detached).await;
+        }
     }
 
     /// One admitted TLS connection: the handshake, then HTTP/2 or HTTP/1.1,
     /// with `header_timeout` for both and for the first request's headers.
-    async fn tls(self: Arc<Self>, io: Counted, remote: SocketAddr, _open: mpsc::Sender<()>) {
+    async fn tls(self: Arc<Self>, io: Shared, remote: SocketAddr, _open: mpsc::Sender<()>) {
         let Some(tls) = &self.tls else { return };
         let deadline = Instant::now() + self.state.config.header_timeout;
         let io = match tokio::time::timeout_at(deadline, tls.serve.accept(io)).await {
@@ -220,49 +234,68 @@ impl Server {
         };
         // HTTP/2 over TLS is chosen by ALPN (RFC 9113, section 3.2).
         let http2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
-        self.http(io, http2, remote, deadline).await;
+        self.http(io, http2, remote, deadline, None).await;
     }
 
     /// HTTP/2 or HTTP/1.1 on `io`, with hyper's own builder for each: a
-    /// connection holds only the state of its protocol.
-    async fn http<I>(&self, io: I, http2: bool, remote: SocketAddr, deadline: Instant)
+    /// connection holds only the state of its protocol. Returns the
+    /// response the service left in `handoff`, if it did, once hyper's
+    /// connection is gone.
+    async fn http<I>(
+        &self,
+        io: I,
+        http2: bool,
+        remote: SocketAddr,
+        deadline: Instant,
+        handoff: Option<Arc<Handoff>>,
+    ) -> Option<Detached>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (close, requested) = (CancellationToken::new(), CancellationToken::new());
-        let service = hyper::service::service_fn(self.service(remote, &close, &requested));
+        let service = self.service(remote, &close, &requested, handoff.clone());
+        let service = hyper::service::service_fn(service);
         let io = TokioIo::new(io);
+        let watch = Watch {
+            remote,
+            deadline,
+            close,
+            requested,
+            handoff,
+        };
         if http2 {
             // Boxed: an HTTP/2 connection's state is large, and most
             // connections are HTTP/1.1.
             let mut connection = Box::pin(self.http2.serve_connection(io, service));
-            self.drive(connection.as_mut(), remote, deadline, close, requested)
-                .await;
+            self.drive(connection.as_mut(), watch).await
         } else {
             // Pinned here, and borrowed by `drive`: moving it into `drive`
             // would make room for it twice in this task.
             let connection =
                 std::pin::pin!(self.http1.serve_connection(io, service).with_upgrades());
-            self.drive(connection, remote, deadline, close, requested)
-                .await;
+            self.drive(connection, watch).await
         }
     }
 
     /// The router as one connection's hyper service (for `service_fn`).
     /// Each request carries the connection's `ConnInfo`, whose `close`
-    /// closes the connection; the first request cancels `requested`.
+    /// closes the connection; the first request cancels `requested`. With
+    /// a `handoff`, a `GET` over HTTP/1.1 may have its response taken over
+    /// by the connection task.
     fn service(
         &self,
         remote: SocketAddr,
         close: &CancellationToken,
         requested: &CancellationToken,
-    ) -> impl Fn(hyper::Request<Incoming>) -> tower::util::Oneshot<Router, hyper::Request<Body>>
+        handoff: Option<Arc<Handoff>>,
+    ) -> impl Fn(hyper::Request<Incoming>) -> BoxFuture<'static, Result<Response, Infallible>>
     + Clone
     + Send
     + 'static {
         let info = ConnInfo {
             remote,
             close: close.clone(),
+            detachable: false,
         };
         let app = self.app.clone();
         let first = requested.clone();
@@ -272,24 +305,38 @@ impl Server {
             if request.version() == Version::HTTP_2 {
                 info.close = CancellationToken::new();
             }
+            let handoff = handoff.clone().filter(|_| {
+                request.method() == Method::GET && request.version() == Version::HTTP_11
+            });
+            info.detachable = handoff.is_some();
+            let close = info.close.clone();
             request.extensions_mut().insert(info);
-            app.clone().oneshot(request.map(Body::new))
+            let response = app.clone().oneshot(request.map(Body::new));
+            Box::pin(async move {
+                let response = response.await?;
+                Ok(match handoff {
+                    Some(handoff) => handoff.pass(response, close).await,
+                    None => response,
+                })
+            })
         }
     }
 
-    /// Serves `connection` until it ends, the hub closes it (`close`), or
-    /// its first request is late; at shutdown, lets it finish gracefully.
-    async fn drive<C, E>(
-        &self,
-        mut connection: Pin<&mut C>,
-        remote: SocketAddr,
-        deadline: Instant,
-        close: CancellationToken,
-        requested: CancellationToken,
-    ) where
+    /// Serves `connection` until it ends, the hub closes it (`close`), its
+    /// first request is late, or the service hands a response over (which
+    /// is returned); at shutdown, lets it finish gracefully.
+    async fn drive<C, E>(&self, mut connection: Pin<&mut C>, watch: Watch) -> Option<Detached>
+    where
         C: Future<Output = Result<(), E>> + Graceful,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let Watch {
+            remote,
+            deadline,
+            close,
+            requested,
+            handoff,
+        } = watch;
         // hyper's HTTP/1.1 timer covers each request's headers, but not the
         // wait for the first bytes, nor an HTTP/2 client that never sends a
         // request.
@@ -330,7 +377,14 @@ impl Server {
             }
             _ = close.cancelled() => tracing::debug!(%remote, "connection closed by the hub"),
             _ = first_request => self.too_slow(remote),
+            detached = async {
+                match &handoff {
+                    Some(handoff) => handoff.taken().await,
+                    None => std::future::pending().await,
+                }
+            } => return Some(detached),
         }
+        None
     }
 
     /// A client that did not send its request headers within
@@ -403,22 +457,12 @@ async fn wire(error: ApiError) -> Vec<u8> {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        parts.status.as_u16(),
-        parts.status.canonical_reason().unwrap_or_default()
+    let head = direct::head(
+        parts.status,
+        &parts.headers,
+        &format!("content-length: {}", body.len()),
     );
-    for (name, value) in &parts.headers {
-        head.push_str(&format!(
-            "{name}: {}\r\n",
-            String::from_utf8_lossy(value.as_bytes())
-        ));
-    }
-    head.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    [head.as_bytes(), &body].concat()
+    [&head[..], &body].concat()
 }
 
 /// Sends `response` without reading the request, then reads and drops
@@ -496,29 +540,42 @@ fn tune(stream: &TcpStream, send_buffer: Option<usize>) {
 }
 
 /// An admitted connection's socket, counted against the limits for as long
-/// as it is open: after a WebSocket upgrade it outlives hyper's connection.
+/// as it is open: after a WebSocket upgrade, or a detached response, it
+/// outlives hyper's connection.
 struct Counted {
     io: TcpStream,
     _admitted: Admitted,
 }
 
-impl AsyncRead for Counted {
+/// An admitted socket as hyper (or rustls) reads and writes it, shared
+/// with the connection task: the task writes a detached response on it
+/// after dropping hyper's connection, which does not close it.
+struct Shared(Arc<Counted>);
+
+impl AsyncRead for Shared {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let socket = &self.0.io;
+        loop {
+            std::task::ready!(socket.poll_read_ready(cx))?;
+            match socket.try_read_buf(buf) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result.map(drop)),
+            }
+        }
     }
 }
 
-impl AsyncWrite for Counted {
+impl AsyncWrite for Shared {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.poll_write_with(cx, |socket| socket.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -526,18 +583,51 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.poll_write_with(cx, |socket| socket.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Nothing is buffered here.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let socket = socket2::SockRef::from(&self.0.io);
+        Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
     }
+}
+
+impl Shared {
+    /// Polls `write` until the socket takes it or fails.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
+        let socket = &self.0.io;
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match write(socket) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+/// What `drive` watches besides hyper's connection.
+struct Watch {
+    remote: SocketAddr,
+    /// When the first request's head must have come.
+    deadline: Instant,
+    /// Cancelled to close the connection.
+    close: CancellationToken,
+    /// Cancelled by the first request.
+    requested: CancellationToken,
+    /// Where the service may leave a response for the connection task.
+    handoff: Option<Arc<Handoff>>,
 }

@@ -1,6 +1,7 @@
 //! Subscribing, black-box: SSE headers and framing read as raw bytes, the
 //! envelope, topic patterns over real sockets, refused subscriptions, the
-//! NDJSON transport, keep-alives, and identical bytes for every subscriber.
+//! NDJSON transport, keep-alives, identical bytes for every subscriber, and
+//! the HTTP/1.1 framing of a stream on a raw socket.
 
 mod common;
 mod wire;
@@ -8,7 +9,10 @@ mod wire;
 use std::time::{Duration, Instant};
 
 use common::{Hub, client, next_event, sse, stream_client};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use wire::{Raw, WAIT, expect_error_for, publish_typed};
 
 /// Checks an RFC 3339 UTC time with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`,
@@ -441,5 +445,126 @@ async fn every_subscriber_gets_the_same_bytes() {
     assert!(
         a.starts_with(&format!("id: {id}\ndata: {{")),
         "envelope frames carry no event line: {a}"
+    );
+}
+
+// ------------------------------------------------------ HTTP/1.1 framing
+
+/// Sends `request` on a new connection to `hub`, and returns the socket
+/// and the response head.
+async fn raw_request(hub: &Hub, request: &str) -> (TcpStream, String, Vec<u8>) {
+    let mut tcp = TcpStream::connect(hub.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut read = Vec::new();
+    let head_end = loop {
+        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("a response head in time")
+            .unwrap();
+        assert!(n > 0, "closed before the head: {read:?}");
+        read.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(read[..head_end].to_vec()).unwrap();
+    (tcp, head.to_lowercase(), read[head_end..].to_vec())
+}
+
+/// Reads from `tcp`, after `read`, until `done` holds for what was read.
+async fn read_until(
+    tcp: &mut TcpStream,
+    mut read: Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    while !done(&read) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "more within {WAIT:?}; got {:?}",
+                    String::from_utf8_lossy(&read)
+                )
+            })
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        read.extend_from_slice(&buf[..n]);
+    }
+    read
+}
+
+#[tokio::test]
+async fn a_stream_over_http11_is_chunked_ends_with_the_last_chunk_and_closes() {
+    let mut hub = Hub::start(&[]).await;
+    let (mut tcp, head, body) = raw_request(
+        &hub,
+        "GET /stream?topics=c HTTP/1.1\r\nhost: x\r\norigin: http://example.test\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for line in [
+        "content-type: text/event-stream",
+        "cache-control: no-cache",
+        "transfer-encoding: chunked",
+        "connection: close",
+        // Added by the CORS layer, after the handler.
+        "access-control-allow-origin: *",
+    ] {
+        assert!(
+            head.contains(&format!("\r\n{line}\r\n")),
+            "{line} in {head}"
+        );
+    }
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+
+    // The retry frame is the first chunk, then each event's frame.
+    let body = read_until(&mut tcp, body, |b| b.ends_with(b"\n\r\n")).await;
+    assert_eq!(body, b"d\r\nretry: 5000\n\n\r\n");
+    let id = hub.publish("c", json!("x")).await;
+    let frame = format!("id: {id}\ndata: x\n\n");
+    let body = read_until(&mut tcp, Vec::new(), |b| b.ends_with(b"\n\r\n")).await;
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("{:x}\r\n{frame}\r\n", frame.len())
+    );
+
+    // At shutdown the body ends properly, and the connection closes.
+    let since = Instant::now();
+    hub.signal(Signal::SIGTERM);
+    let rest = read_until(&mut tcp, Vec::new(), |_| false).await;
+    assert_eq!(String::from_utf8(rest).unwrap(), "0\r\n\r\n");
+    hub.assert_exits_cleanly(since).await;
+}
+
+#[tokio::test]
+async fn http10_and_head_requests_get_what_http_says() {
+    let hub = Hub::start(&[]).await;
+    // HTTP/1.0 knows no chunks: the body runs until the connection closes.
+    let (mut tcp, head, body) = raw_request(&hub, "GET /ndjson?topics=o HTTP/1.0\r\n\r\n").await;
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(!head.contains("chunked"), "{head}");
+    let id = hub.publish("o", json!(1)).await;
+    let body = read_until(&mut tcp, body, |b| b.ends_with(b"\n")).await;
+    let line: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(line["id"], id.as_str());
+
+    // HEAD gets the head of a stream, and no body.
+    let (mut tcp, head, body) =
+        raw_request(&hub, "HEAD /stream?topics=o HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    hub.publish("o", json!(2)).await;
+    let mut more = [0u8; 64];
+    let after = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut more)).await;
+    assert!(
+        body.is_empty() && !matches!(after, Ok(Ok(n)) if n > 0),
+        "no body after a HEAD's head"
     );
 }

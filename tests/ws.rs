@@ -426,13 +426,14 @@ async fn a_slow_websocket_subscriber_is_closed_with_1013_and_others_go_on() {
         ids
     });
     // 2 MB in paced batches: far more than the slow socket's buffers hold,
-    // slow enough for the reading subscriber.
+    // slow enough for the reading subscriber, whose buffer holds five
+    // batches.
     let payload = "y".repeat(2000);
     let mut ids = Vec::new();
-    let mut pace = tokio::time::interval(Duration::from_millis(50));
-    for batch in 0..EVENTS / 50 {
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for batch in 0..EVENTS / 20 {
         pace.tick().await;
-        let body: String = (0..50)
+        let body: String = (0..20)
             .map(|i| format!("{{\"topic\":\"flood\",\"data\":\"{batch}-{i}-{payload}\"}}\n"))
             .collect();
         ids.extend(hub.publish_batch(body).await);

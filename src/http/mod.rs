@@ -2,6 +2,7 @@
 
 mod admin;
 mod demo;
+pub mod direct;
 pub mod errors;
 mod history;
 mod limits;

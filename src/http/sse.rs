@@ -1,59 +1,54 @@
-//! The SSE writer: a subscription as a `text/event-stream` response in the
+//! The SSE format: a subscription as a `text/event-stream` response in the
 //! WHATWG EventSource format.
-
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 
 use bytes::Bytes;
 
-use super::subscribe::{Encoding, body};
+use super::subscribe::{Encoding, Feed};
 use crate::auth::Expiry;
 use crate::event::{Event, EventId};
 use crate::frame;
 use crate::hub::presence::Presence;
 use crate::hub::subscription::Subscription;
 
+pub const CONTENT_TYPE: &str = "text/event-stream";
+
 /// SSE frames: the event's data, or with `envelope` its whole envelope.
-#[derive(Clone, Copy)]
 struct Sse {
     envelope: bool,
 }
 
 impl Encoding for Sse {
-    fn event(self, event: &Event) -> &Bytes {
+    fn event<'e>(&self, event: &'e Event) -> &'e Bytes {
         event.sse_frame(self.envelope)
     }
 
-    fn gap(self, requested: EventId, oldest: Option<EventId>) -> Bytes {
+    fn gap(&self, requested: EventId, oldest: Option<EventId>) -> Bytes {
         frame::sse_gap(&requested.to_string(), oldest)
     }
 
-    fn keepalive(self) -> Bytes {
+    fn keepalive(&self) -> Bytes {
         frame::sse_keepalive()
     }
 }
 
-pub fn response(
+/// The stream opens with the reconnection delay clients should use.
+pub fn feed(
     subscription: Subscription,
     presence: Presence,
     expiry: Expiry,
     retry_ms: u64,
     envelope: bool,
-) -> Response {
-    let body = body(
+) -> Feed {
+    let encoding = if envelope {
+        &Sse { envelope: true }
+    } else {
+        &Sse { envelope: false }
+    };
+    Feed::new(
         subscription,
         presence,
         expiry,
         Some(frame::sse_retry(retry_ms)),
-        Sse { envelope },
-    );
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        body,
+        encoding,
     )
-        .into_response()
 }

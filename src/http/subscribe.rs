@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequestParts, Path, State, rejection::PathRejection};
 use axum::http::{HeaderMap, header, request::Parts};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::future::{Either, ready};
@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::errors::ApiError;
-use super::{AppState, ndjson, sse};
+use super::{AppState, direct, ndjson, sse};
 use crate::auth::{Auth, Caller, Expiry};
 use crate::event::{Event, EventId};
 use crate::frame;
@@ -188,6 +188,7 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
     };
     let info = client_info(&params, conn.as_ref(), transport);
     let topics = filter.listed().map(String::from).collect();
+    let detachable = conn.as_ref().is_some_and(|c| c.detachable);
     let on_cut_off = conn.map_or_else(CancellationToken::new, |c| c.close);
     let subscription = state.hub.subscribe(SubscribeRequest {
         filter,
@@ -197,16 +198,21 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
     });
     let presence = state.hub.connect(info, topics, on_cut_off);
     let expiry = caller.expiry();
-    Ok(match format {
-        Format::Sse => sse::response(
+    let feed = match format {
+        Format::Sse => sse::feed(
             subscription,
             presence,
             expiry,
             state.config.retry_ms,
             params.envelope,
         ),
-        Format::Ndjson => ndjson::response(subscription, presence, expiry),
-    })
+        Format::Ndjson => ndjson::feed(subscription, presence, expiry),
+    };
+    let content_type = match format {
+        Format::Sse => sse::CONTENT_TYPE,
+        Format::Ndjson => ndjson::CONTENT_TYPE,
+    };
+    Ok(respond(feed, content_type, detachable))
 }
 
 /// Who a new subscriber is, as `/clients` shows it.
@@ -256,62 +262,127 @@ pub async fn ndjson(
 }
 
 /// How a streaming format writes each kind of item.
-pub trait Encoding: Copy + Send + Sync + 'static {
+pub trait Encoding: Send + Sync {
     /// An event's frame: encoded once, shared by every subscriber.
-    fn event(self, event: &Event) -> &Bytes;
-    fn gap(self, requested: EventId, oldest: Option<EventId>) -> Bytes;
-    fn keepalive(self) -> Bytes;
+    fn event<'e>(&self, event: &'e Event) -> &'e Bytes;
+    fn gap(&self, requested: EventId, oldest: Option<EventId>) -> Bytes;
+    fn keepalive(&self) -> Bytes;
 }
 
-/// A streaming body: an optional preamble, then each item of the
-/// subscription in `encoding`, a batch of events as few chunks as
-/// [`frame::coalesce`] makes of it. A clean end (shutdown, or the expiry of
-/// the caller's token) finishes the response properly so the client
-/// reconnects; a cut-off aborts it. The connection's presence lives as
-/// long as the body, and counts what it hands to hyper for the socket.
-pub fn body(
+/// How a feed ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Shutdown, or the caller's token expired: the response ends
+    /// properly, and the client reconnects.
+    Finished,
+    /// The subscriber fell behind and was cut off: the response is
+    /// aborted, so that the client cannot take it for a proper end.
+    Aborted,
+}
+
+/// A subscription as the chunks of a streaming response: an optional
+/// preamble, then each item in its encoding, a batch of events as few
+/// chunks as [`frame::coalesce`] makes of it. Both writers of a streaming
+/// response draw from it: hyper's (a [`body`]) and our own
+/// ([`super::direct`]). The connection's presence lives as long as the
+/// feed, and counts what it hands out for the socket.
+pub struct Feed {
     subscription: Subscription,
     presence: Presence,
     expiry: Expiry,
     preamble: Option<Bytes>,
-    encoding: impl Encoding,
-) -> Body {
-    if let Some(preamble) = &preamble {
-        presence.sent(preamble.len());
+    encoding: &'static dyn Encoding,
+}
+
+impl Feed {
+    pub fn new(
+        subscription: Subscription,
+        presence: Presence,
+        expiry: Expiry,
+        preamble: Option<Bytes>,
+        encoding: &'static dyn Encoding,
+    ) -> Feed {
+        if let Some(preamble) = &preamble {
+            presence.sent(preamble.len());
+        }
+        Feed {
+            subscription,
+            presence,
+            expiry,
+            preamble,
+            encoding,
+        }
     }
-    let state = Some((subscription, presence, expiry));
-    let items = stream::unfold(state, move |state| async move {
-        let (mut subscription, mut presence, mut expiry) = state?;
+
+    /// What goes before the first item, once.
+    pub fn preamble(&mut self) -> Option<Bytes> {
+        self.preamble.take()
+    }
+
+    /// The chunks of the next item, as soon as there is one.
+    pub async fn next(&mut self) -> Result<Vec<Bytes>, Stop> {
+        let encoding = self.encoding;
         let next = tokio::select! {
             biased;
-            _ = expiry.wait() => {
-                presence.end(Reason::Expired);
-                return None;
+            _ = self.expiry.wait() => {
+                self.presence.end(Reason::Expired);
+                return Err(Stop::Finished);
             }
-            next = subscription.next() => next,
+            next = self.subscription.next() => next,
         };
         let chunks = match next {
             Ok(Item::Events(batch)) => {
                 let chunks = frame::coalesce(batch.iter().map(|q| encoding.event(&q.event)));
-                presence.delivered(batch);
+                self.presence.delivered(batch);
                 chunks
             }
             Ok(Item::Gap { requested, oldest }) => vec![encoding.gap(requested, oldest)],
             Ok(Item::KeepAlive) => vec![encoding.keepalive()],
-            Err(End::Closed) => return None,
+            Err(End::Closed) => return Err(Stop::Finished),
             Err(End::Failed) => {
-                presence.end(Reason::Error);
-                return None;
+                self.presence.end(Reason::Error);
+                return Err(Stop::Finished);
             }
             Err(End::CutOff) => {
-                presence.end(Reason::Slow);
-                let error = std::io::Error::other("subscriber fell behind and was cut off");
-                return Some((Either::Right(stream::once(ready(Err(error)))), None));
+                self.presence.end(Reason::Slow);
+                return Err(Stop::Aborted);
             }
         };
-        presence.sent(chunks.iter().map(Bytes::len).sum());
-        let chunks = stream::iter(chunks.into_iter().map(Ok));
-        Some((Either::Left(chunks), Some((subscription, presence, expiry))))
+        self.presence.sent(chunks.iter().map(Bytes::len).sum());
+        Ok(chunks)
+    }
+}
+
+/// The response to a subscription: its head, and `feed` as its body. On a
+/// connection that can be detached (see [`super::direct`]) the body is
+/// left empty and the feed rides along in an extension, for the
+/// connection to write itself once hyper has let go of the socket.
+fn respond(mut feed: Feed, content_type: &'static str, detachable: bool) -> Response {
+    let head = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    if detachable {
+        let mut response = head.into_response();
+        response.extensions_mut().insert(direct::Detach::new(feed));
+        return response;
+    }
+    let preamble = feed.preamble();
+    let items = stream::unfold(Some(feed), |feed| async move {
+        let mut feed = feed?;
+        match feed.next().await {
+            Ok(chunks) => Some((
+                Either::Left(stream::iter(chunks.into_iter().map(Ok))),
+                Some(feed),
+            )),
+            Err(Stop::Finished) => None,
+            Err(Stop::Aborted) => {
+                let error = std::io::Error::other("subscriber fell behind and was cut off");
+                Some((Either::Right(stream::once(ready(Err(error)))), None))
+            }
+        }
     });
-    Body::from_stream(stream::iter(preamble.map(Ok)).chain(items.flatten()))
+    let body = Body::from_stream(stream::iter(preamble.map(Ok)).chain(items.flatten()));
+    (head, body).into_response()
 }

@@ -1,0 +1,229 @@
+//! Streaming responses written straight to the socket, without hyper.
+//!
+//! Why: most of an idle subscriber's memory was hyper's. Its HTTP/1.1
+//! connection keeps an 8 KiB read buffer and an 8 KiB write buffer for as
+//! long as a response streams, one page of each touched (by the request it
+//! read and the head it wrote), and can neither shrink nor free them: 8 of
+//! the 10 KiB an idle SSE connection cost. A subscription needs none of it
+//! once its head is known: no other request follows on its connection, and
+//! its body is an endless run of chunks.
+//!
+//! So on a connection that allows it (plain-text HTTP/1.1, a `GET`), the
+//! subscribe handler leaves the response body empty and puts its [`Feed`]
+//! in a [`Detach`] extension. The connection's service takes the feed out
+//! of the finished response, after every layer has added its headers, and
+//! leaves it in the connection's [`Handoff`]; the connection task then
+//! drops hyper's connection, buffers and all, and writes the response
+//! itself with [`write`]: the head, then the feed in chunked transfer
+//! coding (RFC 9112, section 7.1), ended by the last chunk when the feed
+//! finishes, and cut short when it is aborted, as hyper does. The
+//! connection closes after the response, as its head says. TLS and HTTP/2
+//! connections keep hyper's writer.
+
+use std::io::{self, IoSlice, Write as _};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::subscribe::{Feed, Stop};
+
+/// A subscription's feed in its response's extensions (whose values must
+/// be `Clone`), for the connection to take.
+#[derive(Clone)]
+pub struct Detach(Arc<Mutex<Option<Feed>>>);
+
+impl Detach {
+    pub fn new(feed: Feed) -> Detach {
+        Detach(Arc::new(Mutex::new(Some(feed))))
+    }
+}
+
+/// A response that its connection writes itself.
+pub struct Detached {
+    head: Vec<u8>,
+    feed: Feed,
+    /// The connection's `ConnInfo::close`: the fan-out cancels it to cut
+    /// off a subscriber whose socket is full.
+    close: CancellationToken,
+}
+
+/// Where a connection's service leaves a detached response for the
+/// connection task.
+#[derive(Default)]
+pub struct Handoff {
+    slot: Mutex<Option<Detached>>,
+    given: Notify,
+}
+
+impl Handoff {
+    /// Passes `response` on to hyper, unless it carries a feed: then the
+    /// connection task takes it over, and this never resolves (hyper's
+    /// connection, and this future with it, are dropped).
+    pub async fn pass(&self, mut response: Response, close: CancellationToken) -> Response {
+        let feed = response
+            .extensions_mut()
+            .remove::<Detach>()
+            .and_then(|Detach(feed)| feed.lock().take());
+        let Some(feed) = feed else {
+            return response;
+        };
+        let head = head(
+            response.status(),
+            response.headers(),
+            "transfer-encoding: chunked",
+        );
+        *self.slot.lock() = Some(Detached { head, feed, close });
+        self.given.notify_one();
+        std::future::pending().await
+    }
+
+    /// The response the service left here.
+    pub async fn taken(&self) -> Detached {
+        loop {
+            if let Some(detached) = self.slot.lock().take() {
+                return detached;
+            }
+            self.given.notified().await;
+        }
+    }
+}
+
+/// An HTTP/1.1 response head that closes its connection: the status line,
+/// `headers` but those of framing and connection, a `date`, then `framing`.
+pub fn head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    let reason = status.canonical_reason().unwrap_or_default();
+    let _ = write!(head, "HTTP/1.1 {} {reason}\r\n", status.as_str());
+    for (name, value) in headers {
+        if [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+            header::DATE,
+        ]
+        .contains(name)
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let _ = write!(
+        head,
+        "date: {date}\r\n{framing}\r\nconnection: close\r\n\r\n"
+    );
+    head
+}
+
+/// Writes `detached` on `socket` until its feed ends, the client hangs up,
+/// or the hub cuts it off.
+pub async fn write(socket: &TcpStream, detached: Detached) {
+    let Detached {
+        head,
+        mut feed,
+        close,
+    } = detached;
+    let preamble = feed.preamble();
+    let writing = async {
+        send(socket, &head, preamble.as_slice(), b"").await?;
+        loop {
+            match feed.next().await {
+                Ok(chunks) => send(socket, b"", &chunks, b"").await?,
+                Err(Stop::Finished) => return send(socket, b"", &[], LAST_CHUNK).await,
+                Err(Stop::Aborted) => return Ok(()),
+            }
+        }
+    };
+    tokio::select! {
+        result = writing => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "streaming response failed");
+            }
+        }
+        () = hung_up(socket) => {}
+        () = close.cancelled() => {}
+    }
+}
+
+/// The chunk that ends a chunked body, with no trailers.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Writes `before`, then `chunks` as one chunk of the body, then `after`,
+/// in as few system calls as the socket takes.
+async fn send(socket: &TcpStream, before: &[u8], chunks: &[Bytes], after: &[u8]) -> io::Result<()> {
+    let len: usize = chunks.iter().map(Bytes::len).sum();
+    let mut size = [0u8; 20];
+    let size = if len == 0 {
+        &size[..0]
+    } else {
+        let mut line = &mut size[..];
+        write!(line, "{len:x}\r\n")?;
+        let written = 20 - line.len();
+        &size[..written]
+    };
+    let crlf: &[u8] = if len == 0 { b"" } else { b"\r\n" };
+    let mut slices: Vec<IoSlice<'_>> = [before, size]
+        .into_iter()
+        .chain(chunks.iter().map(|chunk| &chunk[..]))
+        .chain([crlf, after])
+        .filter(|slice| !slice.is_empty())
+        .map(IoSlice::new)
+        .collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match socket.try_write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when the client closes the connection, or it fails. Anything
+/// the client sends meanwhile is read and dropped.
+async fn hung_up(socket: &TcpStream) {
+    let mut sink = [0u8; 64];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_frames_the_body_and_closes_the_connection() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "0".parse().unwrap());
+        headers.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        let head = head(StatusCode::OK, &headers, "transfer-encoding: chunked");
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"));
+        assert!(head.contains("\r\ndate: "));
+        assert!(head.ends_with("\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"));
+        assert!(!head.contains("content-length"));
+        assert!(!head.contains("keep-alive"));
+    }
+}
