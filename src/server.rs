@@ -119,7 +119,7 @@ pub async fn serve(
         draining,
     });
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
-    // Every connection task holds a sender: when all are gone, so are the
+    // Every admitted socket holds a sender: when all are gone, so are the
     // connections.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
@@ -141,14 +141,14 @@ pub async fn serve(
                 let io = Shared(Arc::new(Counted {
                     io: stream,
                     _admitted: admitted,
+                    _open: open.clone(),
                 }));
                 // Two kinds of task: a plain-text connection's future does
                 // not carry the room of a TLS one (the rustls state), which
                 // every idle connection would otherwise keep allocated.
-                let open = open.clone();
                 match server.tls {
-                    None => tokio::spawn(server.clone().plain(io, remote, open)),
-                    Some(_) => tokio::spawn(server.clone().tls(io, remote, open)),
+                    None => tokio::spawn(server.clone().plain(io, remote)),
+                    Some(_) => tokio::spawn(server.clone().tls(io, remote)),
                 };
             }
             Err(refusal) => server.refuse(stream, remote, refusal, &refusing),
@@ -208,23 +208,25 @@ impl Server {
     ///
     /// A subscription's response on HTTP/1.1 is written by this task
     /// itself once hyper has given it up (see [`crate::http::direct`]).
-    async fn plain(self: Arc<Self>, io: Shared, remote: SocketAddr, _open: mpsc::Sender<()>) {
+    async fn plain(self: Arc<Self>, io: Shared, remote: SocketAddr) {
         let deadline = Instant::now() + self.state.config.header_timeout;
         let http2 = match tokio::time::timeout_at(deadline, sniff(&io.0.io)).await {
             Ok(Ok(http2)) => http2,
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "connection failed"),
             Err(_) => return self.too_slow(remote),
         };
-        let socket = io.0.clone();
+        let socket = Shared(io.0.clone());
         let handoff = (!http2).then(Arc::<Handoff>::default);
         if let Some(detached) = self.http(io, http2, remote, deadline, handoff).await {
-            direct::write(&socket.io, detached).await;
+            // In a task of its own, which needs a few hundred bytes, where
+            // this one keeps room for hyper's connection.
+            tokio::spawn(direct::write(socket, detached));
         }
     }
 
     /// One admitted TLS connection: the handshake, then HTTP/2 or HTTP/1.1,
     /// with `header_timeout` for both and for the first request's headers.
-    async fn tls(self: Arc<Self>, io: Shared, remote: SocketAddr, _open: mpsc::Sender<()>) {
+    async fn tls(self: Arc<Self>, io: Shared, remote: SocketAddr) {
         let Some(tls) = &self.tls else { return };
         let deadline = Instant::now() + self.state.config.header_timeout;
         let io = match tokio::time::timeout_at(deadline, tls.serve.accept(io)).await {
@@ -539,12 +541,14 @@ fn tune(stream: &TcpStream, send_buffer: Option<usize>) {
     }
 }
 
-/// An admitted connection's socket, counted against the limits for as long
-/// as it is open: after a WebSocket upgrade, or a detached response, it
-/// outlives hyper's connection.
+/// An admitted connection's socket, counted against the limits, and among
+/// the connections that shutdown waits for, as long as it is open: after a
+/// WebSocket upgrade, or a detached response, it outlives hyper's
+/// connection.
 struct Counted {
     io: TcpStream,
     _admitted: Admitted,
+    _open: mpsc::Sender<()>,
 }
 
 /// An admitted socket as hyper (or rustls) reads and writes it, shared
@@ -598,6 +602,12 @@ impl AsyncWrite for Shared {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let socket = socket2::SockRef::from(&self.0.io);
         Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl AsRef<TcpStream> for Shared {
+    fn as_ref(&self) -> &TcpStream {
+        &self.0.io
     }
 }
 

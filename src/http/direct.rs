@@ -20,8 +20,10 @@
 //! connection closes after the response, as its head says. TLS and HTTP/2
 //! connections keep hyper's writer.
 
+use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::SystemTime;
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -127,17 +129,21 @@ pub fn head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
 
 /// Writes `detached` on `socket` until its feed ends, the client hangs up,
 /// or the hub cuts it off.
-pub async fn write(socket: &TcpStream, detached: Detached) {
-    let Detached {
-        head,
-        mut feed,
-        close,
-    } = detached;
-    let preamble = feed.preamble();
+///
+/// Lean on purpose, for this future is what an idle subscriber's
+/// connection keeps: readiness is polled (`poll_read_ready`,
+/// `poll_write_ready`) rather than awaited through tokio's readiness
+/// futures, which carry a waiter node each, and the head and preamble are
+/// dropped once written.
+pub async fn write(socket: impl AsRef<TcpStream>, mut detached: Detached) {
+    let socket = socket.as_ref();
     let writing = async {
-        send(socket, &head, preamble.as_slice(), b"").await?;
+        let preamble = detached.feed.preamble();
+        send(socket, &detached.head, preamble.as_slice(), b"").await?;
+        drop(preamble);
+        detached.head = Vec::new();
         loop {
-            match feed.next().await {
+            match detached.feed.next().await {
                 Ok(chunks) => send(socket, b"", &chunks, b"").await?,
                 Err(Stop::Finished) => return send(socket, b"", &[], LAST_CHUNK).await,
                 Err(Stop::Aborted) => return Ok(()),
@@ -151,7 +157,7 @@ pub async fn write(socket: &TcpStream, detached: Detached) {
             }
         }
         () = hung_up(socket) => {}
-        () = close.cancelled() => {}
+        () = detached.close.cancelled() => {}
     }
 }
 
@@ -180,32 +186,40 @@ async fn send(socket: &TcpStream, before: &[u8], chunks: &[Bytes], after: &[u8])
         .map(IoSlice::new)
         .collect();
     let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        match socket.try_write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
-            Err(error) => return Err(error),
+    poll_fn(|cx| {
+        while !slices.is_empty() {
+            match socket.try_write_vectored(slices) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(socket.poll_write_ready(cx))?;
+                }
+                Err(error) => return Poll::Ready(Err(error)),
+            }
         }
-    }
-    Ok(())
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// Resolves when the client closes the connection, or it fails. Anything
 /// the client sends meanwhile is read and dropped.
 async fn hung_up(socket: &TcpStream) {
-    let mut sink = [0u8; 64];
-    loop {
-        if socket.readable().await.is_err() {
-            return;
+    poll_fn(|cx| {
+        loop {
+            if ready!(socket.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            let mut sink = [0u8; 64];
+            match socket.try_read(&mut sink) {
+                Ok(0) => return Poll::Ready(()),
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(()),
+            }
         }
-        match socket.try_read(&mut sink) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -171,7 +171,11 @@ where
     }
 }
 
-fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Response, ApiError> {
+async fn open(
+    state: &AppState,
+    request: SubscribeParts,
+    format: Format,
+) -> Result<Response, ApiError> {
     let SubscribeParts {
         caller,
         params,
@@ -190,12 +194,15 @@ fn open(state: &AppState, request: SubscribeParts, format: Format) -> Result<Res
     let topics = filter.listed().map(String::from).collect();
     let detachable = conn.as_ref().is_some_and(|c| c.detachable);
     let on_cut_off = conn.map_or_else(CancellationToken::new, |c| c.close);
-    let subscription = state.hub.subscribe(SubscribeRequest {
-        filter,
-        resume: params.resume,
-        info: info.clone(),
-        on_cut_off: on_cut_off.clone(),
-    });
+    let subscription = state
+        .hub
+        .subscribe(SubscribeRequest {
+            filter,
+            resume: params.resume,
+            info: info.clone(),
+            on_cut_off: on_cut_off.clone(),
+        })
+        .await;
     let presence = state.hub.connect(info, topics, on_cut_off);
     let expiry = caller.expiry();
     let feed = match format {
@@ -239,7 +246,7 @@ pub async fn stream(
     request: SubscribeParts,
 ) -> Result<Response, ApiError> {
     let format = request.params.format.unwrap_or(request.accepted);
-    open(&state, request, format)
+    open(&state, request, format).await
 }
 
 /// `GET /sse/{topic or pattern}`.
@@ -250,7 +257,7 @@ pub async fn sse_path(
 ) -> Result<Response, ApiError> {
     let Path(topic) = topic.map_err(|e| ApiError::bad_request("invalid_topic", e.body_text()))?;
     request.params.topics.insert(0, topic);
-    open(&state, request, Format::Sse)
+    open(&state, request, Format::Sse).await
 }
 
 /// `GET /ndjson?topics=…`.
@@ -258,7 +265,7 @@ pub async fn ndjson(
     State(state): State<AppState>,
     request: SubscribeParts,
 ) -> Result<Response, ApiError> {
-    open(&state, request, Format::Ndjson)
+    open(&state, request, Format::Ndjson).await
 }
 
 /// How a streaming format writes each kind of item.

@@ -158,14 +158,18 @@ impl Hub {
         self.writer.publish(events).await
     }
 
-    pub fn subscribe(&self, request: SubscribeRequest) -> Subscription {
-        Subscription::open(
+    /// Opens a subscription, with the first page of its replay read (see
+    /// [`Subscription::read_ahead`]): announce the connection after this.
+    pub async fn subscribe(&self, request: SubscribeRequest) -> Subscription {
+        let mut subscription = Subscription::open(
             request,
             self.log.clone(),
             self.fanout.clone(),
             self.subscriber_buffer,
             self.keepalive.clone(),
-        )
+        );
+        subscription.read_ahead().await;
+        subscription
     }
 
     /// Cancelled when the hub starts shutting down.

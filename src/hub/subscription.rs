@@ -98,6 +98,24 @@ pub struct Subscription {
     /// The batch holds a replay page that a gap item went out before: it
     /// is the next item.
     after_gap: bool,
+    /// The first replay page, read when the subscription opened: the next
+    /// item.
+    read_ahead: Option<Result<Paged, End>>,
+}
+
+/// What reading one replay page gave.
+#[derive(Debug, Clone, Copy)]
+enum Paged {
+    /// The batch holds the page's events.
+    Events,
+    /// History no longer reaches back to `requested`; the batch holds the
+    /// page's events, if any, which go out after the gap.
+    Gap {
+        requested: EventId,
+        oldest: Option<EventId>,
+    },
+    /// Nothing matched on this page, or the replay is over.
+    Empty,
 }
 
 /// Everything needed to open a subscription.
@@ -151,6 +169,18 @@ impl Subscription {
             keepalive,
             sent_in,
             after_gap: false,
+            read_ahead: None,
+        }
+    }
+
+    /// Reads the first page of a replay now, rather than at the first
+    /// `next`. The hub opens the subscription, reads ahead, and only then
+    /// announces the connection: its own lifecycle events, stored in
+    /// history like any other, must not push out of a small history the
+    /// events the client came back for.
+    pub async fn read_ahead(&mut self) {
+        if self.replay.is_some() {
+            self.read_ahead = Some(self.read_page().await);
         }
     }
 
@@ -167,61 +197,26 @@ impl Subscription {
 
     /// The next item to send, or why the stream ends.
     pub async fn next(&mut self) -> Result<Item<'_>, End> {
+        if let Some(paged) = self.read_ahead.take() {
+            match paged? {
+                Paged::Events => return Ok(self.deliver()),
+                Paged::Gap { requested, oldest } => return Ok(Item::Gap { requested, oldest }),
+                Paged::Empty => {}
+            }
+        }
         if std::mem::take(&mut self.after_gap) {
             return Ok(self.deliver());
         }
         self.batch.clear();
         loop {
-            if let Some(replay) = &mut self.replay {
-                // Checked between pages: a long replay stops at shutdown.
-                if self.keepalive.has_changed().is_err() {
-                    return Err(End::Closed);
+            if self.replay.is_some() {
+                match self.read_page().await? {
+                    Paged::Events => return Ok(self.deliver()),
+                    Paged::Gap { requested, oldest } => {
+                        return Ok(Item::Gap { requested, oldest });
+                    }
+                    Paged::Empty => continue,
                 }
-                if replay.done {
-                    self.replay = None;
-                    continue;
-                }
-                let page = self
-                    .log
-                    .read(ReadRequest {
-                        after: replay.cursor,
-                        until: Some(replay.until),
-                        filter: &self.filter,
-                        limit: REPLAY_PAGE,
-                    })
-                    .await
-                    .map_err(|error| {
-                        tracing::warn!(%error, "replay failed; closing the stream");
-                        End::Failed
-                    })?;
-                let requested = replay.position;
-                // After a gap, reading goes on from the oldest event retained.
-                replay.cursor = match page.cursor {
-                    Some(cursor) => Some(cursor),
-                    None if page.gap.is_some() => None,
-                    None => replay.cursor,
-                };
-                replay.done = page.done;
-                if let Some(last) = page.events.last() {
-                    replay.position = Some(last.id);
-                }
-                let events = page.events.into_iter();
-                self.batch.extend(events.map(|event| Queued {
-                    event,
-                    dispatched: None,
-                }));
-                if let (Some(gap), Some(requested)) = (page.gap, requested) {
-                    self.fanout.metrics().gaps.inc();
-                    self.after_gap = !self.batch.is_empty();
-                    return Ok(Item::Gap {
-                        requested,
-                        oldest: gap.oldest,
-                    });
-                }
-                if self.batch.is_empty() {
-                    continue;
-                }
-                return Ok(self.deliver());
             }
             let Subscription {
                 mailbox,
@@ -250,6 +245,63 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Reads the replay's next page into the batch (which is empty).
+    async fn read_page(&mut self) -> Result<Paged, End> {
+        let Some(replay) = &mut self.replay else {
+            return Ok(Paged::Empty);
+        };
+        // Checked between pages: a long replay stops at shutdown.
+        if self.keepalive.has_changed().is_err() {
+            return Err(End::Closed);
+        }
+        if replay.done {
+            self.replay = None;
+            return Ok(Paged::Empty);
+        }
+        let page = self
+            .log
+            .read(ReadRequest {
+                after: replay.cursor,
+                until: Some(replay.until),
+                filter: &self.filter,
+                limit: REPLAY_PAGE,
+            })
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "replay failed; closing the stream");
+                End::Failed
+            })?;
+        let requested = replay.position;
+        // After a gap, reading goes on from the oldest event retained.
+        replay.cursor = match page.cursor {
+            Some(cursor) => Some(cursor),
+            None if page.gap.is_some() => None,
+            None => replay.cursor,
+        };
+        replay.done = page.done;
+        if let Some(last) = page.events.last() {
+            replay.position = Some(last.id);
+        }
+        let events = page.events.into_iter();
+        self.batch.extend(events.map(|event| Queued {
+            event,
+            dispatched: None,
+        }));
+        if let (Some(gap), Some(requested)) = (page.gap, requested) {
+            self.fanout.metrics().gaps.inc();
+            self.after_gap = !self.batch.is_empty();
+            return Ok(Paged::Gap {
+                requested,
+                oldest: gap.oldest,
+            });
+        }
+        Ok(if self.batch.is_empty() {
+            Paged::Empty
+        } else {
+            Paged::Events
+        })
     }
 
     /// Hands the batch to the transport, noting what the client received.

@@ -81,10 +81,10 @@ pub async fn upgrade(
     Ok(upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
             let session =
-                Session::new(state, caller, request.params, request.conn.as_ref(), filter);
-            session.run(socket)
+                Session::new(state, caller, request.params, request.conn.as_ref(), filter).await;
+            session.run(socket).await
         })
         .into_response())
 }
@@ -118,7 +118,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(
+    async fn new(
         state: AppState,
         caller: Caller,
         params: Params,
@@ -130,8 +130,10 @@ impl Session {
         let topics = filter
             .as_ref()
             .map_or_else(Vec::new, |f| f.listed().map(String::from).collect());
-        let subscription =
-            filter.map(|filter| open(&state, &info, &cut_off, filter, params.resume));
+        let subscription = match filter {
+            Some(filter) => Some(open(&state, &info, &cut_off, filter, params.resume).await),
+            None => None,
+        };
         let presence = state.hub.connect(info.clone(), topics, cut_off.clone());
         Session {
             state,
@@ -299,7 +301,7 @@ impl Session {
             Ok(Command::Subscribe {
                 topics,
                 last_event_id,
-            }) => match self.subscribe(topics, last_event_id.as_deref()) {
+            }) => match self.subscribe(topics, last_event_id.as_deref()).await {
                 Ok(()) => {
                     json!({ "ok": true, "op": "subscribe", "topics": self.presence.topics() })
                 }
@@ -327,7 +329,7 @@ impl Session {
         Ok(command)
     }
 
-    fn subscribe(
+    async fn subscribe(
         &mut self,
         topics: Vec<String>,
         last_event_id: Option<&str>,
@@ -353,7 +355,7 @@ impl Session {
             Some(subscription) => subscription.set_filter(filter),
             None => {
                 let resume = resume.unwrap_or(Resume::Live);
-                let opened = open(&self.state, &self.info, &self.cut_off, filter, resume);
+                let opened = open(&self.state, &self.info, &self.cut_off, filter, resume).await;
                 self.subscription = Some(opened);
             }
         }
@@ -384,19 +386,22 @@ impl Session {
 }
 
 /// Opens the socket's subscription.
-fn open(
+async fn open(
     state: &AppState,
     info: &Arc<ClientInfo>,
     cut_off: &CancellationToken,
     filter: TopicFilter,
     resume: Resume,
 ) -> Subscription {
-    state.hub.subscribe(SubscribeRequest {
-        filter,
-        resume,
-        info: info.clone(),
-        on_cut_off: cut_off.clone(),
-    })
+    state
+        .hub
+        .subscribe(SubscribeRequest {
+            filter,
+            resume,
+            info: info.clone(),
+            on_cut_off: cut_off.clone(),
+        })
+        .await
 }
 
 const TOO_SLOW: &str = "too slow: fell behind its buffer; reconnect with last_event_id";
