@@ -153,9 +153,16 @@ impl Session {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let mut awaiting_pong = false;
         loop {
+            // A socket with a subscription learns of shutdown from it
+            // (`End::Closed`), which it polls anyway: polling the shutdown
+            // token on every wake-up as well would lock the one mutex that
+            // every session shares.
+            let subscribed = self.subscription.is_some();
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Step::Close(GOING_AWAY, "the hub is shutting down"),
+                _ = shutdown.cancelled(), if !subscribed => {
+                    Step::Close(GOING_AWAY, "the hub is shutting down")
+                }
                 _ = self.cut_off.cancelled() => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                 _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
                 message = incoming.next() => match message {
@@ -240,6 +247,9 @@ impl Session {
                 sink.flush().await
             };
             tokio::select! {
+                // The send first: it usually completes at once, and the
+                // token is then not polled at all.
+                biased;
                 sent = send => match sent {
                     Ok(()) => self.presence.sent(bytes),
                     Err(_) => {
