@@ -131,21 +131,26 @@ pub fn head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
 /// or the hub cuts it off.
 ///
 /// Lean on purpose, for this future is what an idle subscriber's
-/// connection keeps: readiness is polled (`poll_read_ready`,
-/// `poll_write_ready`) rather than awaited through tokio's readiness
-/// futures, which carry a waiter node each, and the head and preamble are
-/// dropped once written.
+/// connection keeps, and it runs once per batch: readiness is polled
+/// (`poll_read_ready`, `poll_write_ready`) rather than awaited through
+/// tokio's readiness futures, which carry a waiter node each; the head and
+/// preamble are dropped once written; and the close token is polled only
+/// while a write waits for room, for a cut-off closes the subscriber's
+/// mailbox (which ends the feed) before it cancels the token.
 pub async fn write(socket: impl AsRef<TcpStream>, mut detached: Detached) {
     let socket = socket.as_ref();
+    let Detached { head, feed, close } = &mut detached;
     let writing = async {
-        let preamble = detached.feed.preamble();
-        send(socket, &detached.head, preamble.as_slice(), b"").await?;
+        let preamble = feed.preamble();
+        send(socket, close, head, preamble.as_slice()).await?;
         drop(preamble);
-        detached.head = Vec::new();
+        *head = Vec::new();
         loop {
-            match detached.feed.next().await {
-                Ok(chunks) => send(socket, b"", &chunks, b"").await?,
-                Err(Stop::Finished) => return send(socket, b"", &[], LAST_CHUNK).await,
+            match feed.next().await {
+                Ok(chunks) => send(socket, close, b"", &chunks).await?,
+                Err(Stop::Finished) => {
+                    return write_all(socket, close, &mut [IoSlice::new(LAST_CHUNK)]).await;
+                }
                 Err(Stop::Aborted) => return Ok(()),
             }
         }
@@ -153,40 +158,50 @@ pub async fn write(socket: impl AsRef<TcpStream>, mut detached: Detached) {
     tokio::select! {
         result = writing => {
             if let Err(error) = result {
-                tracing::debug!(%error, "streaming response failed");
+                tracing::debug!(%error, "streaming response ended early");
             }
         }
         () = hung_up(socket) => {}
-        () = detached.close.cancelled() => {}
     }
 }
 
 /// The chunk that ends a chunked body, with no trailers.
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Writes `before`, then `chunks` as one chunk of the body, then `after`,
-/// in as few system calls as the socket takes.
-async fn send(socket: &TcpStream, before: &[u8], chunks: &[Bytes], after: &[u8]) -> io::Result<()> {
+/// Writes `before`, then `chunks` as one chunk of the body.
+async fn send(
+    socket: &TcpStream,
+    close: &CancellationToken,
+    before: &[u8],
+    chunks: &[Bytes],
+) -> io::Result<()> {
     let len: usize = chunks.iter().map(Bytes::len).sum();
     let mut size = [0u8; 20];
-    let size = if len == 0 {
-        &size[..0]
-    } else {
-        let mut line = &mut size[..];
-        write!(line, "{len:x}\r\n")?;
-        let written = 20 - line.len();
-        &size[..written]
-    };
-    let crlf: &[u8] = if len == 0 { b"" } else { b"\r\n" };
-    let mut slices: Vec<IoSlice<'_>> = [before, size]
-        .into_iter()
-        .chain(chunks.iter().map(|chunk| &chunk[..]))
-        .chain([crlf, after])
+    let mut line = &mut size[..];
+    write!(line, "{len:x}\r\n")?;
+    let written = 20 - line.len();
+    let chunk = (len > 0).then_some(
+        [&size[..written]]
+            .into_iter()
+            .chain(chunks.iter().map(|chunk| &chunk[..]))
+            .chain([&b"\r\n"[..]]),
+    );
+    let mut slices: Vec<IoSlice<'_>> = std::iter::once(before)
+        .chain(chunk.into_iter().flatten())
         .filter(|slice| !slice.is_empty())
         .map(IoSlice::new)
         .collect();
-    let mut slices = &mut slices[..];
-    poll_fn(|cx| {
+    write_all(socket, close, &mut slices).await
+}
+
+/// Writes `slices` in as few system calls as the socket takes. A cut-off
+/// (`close`) stops a write that waits for room.
+async fn write_all(
+    socket: &TcpStream,
+    close: &CancellationToken,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    let writing = poll_fn(|cx| {
         while !slices.is_empty() {
             match socket.try_write_vectored(slices) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -198,8 +213,14 @@ async fn send(socket: &TcpStream, before: &[u8], chunks: &[Bytes], after: &[u8])
             }
         }
         Poll::Ready(Ok(()))
-    })
-    .await
+    });
+    tokio::select! {
+        // The write first: it usually completes at once, and the token is
+        // then not polled at all.
+        biased;
+        written = writing => written,
+        () = close.cancelled() => Err(io::Error::other("cut off by the hub")),
+    }
 }
 
 /// Resolves when the client closes the connection, or it fails. Anything
