@@ -239,6 +239,24 @@ async fn frames_over_max_body_are_refused_with_1009() {
 }
 
 #[tokio::test]
+async fn a_command_many_times_the_read_buffer_arrives_whole() {
+    // The hub reads a socket 4 KiB at a time; 200 KB is 50 reads.
+    let hub = Hub::start(&[]).await;
+    let mut socket = connect(&hub, "/ws").await;
+    let mut stream = sse(&hub.at("/stream?topics=big"), None).await;
+    let data = "x".repeat(200_000);
+    let reply = command(
+        &mut socket,
+        json!({"op": "publish", "topic": "big", "data": data}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let event = next_event(&mut stream, WAIT).await;
+    assert_eq!(event.id, reply["id"].as_str().unwrap());
+    assert_eq!(event.data, data);
+}
+
+#[tokio::test]
 async fn bad_upgrades_are_plain_http_errors() {
     let hub = Hub::start(&[]).await;
     let (status, body) = hub.get_json("/ws?topics=a").await;

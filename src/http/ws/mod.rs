@@ -55,6 +55,15 @@ const TRY_AGAIN_LATER: u16 = 1013;
 /// dropped after this.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
+/// The most a socket reads at once, and its read buffer's first size.
+/// tungstenite fills the buffer with zeros up to this size before every
+/// read, including the ones that find nothing, which a session makes each
+/// time it wakes to deliver: at the default of 128 KiB, that zeroing was
+/// the biggest single cost of a WebSocket delivery, and it kept 128 KiB of
+/// every socket's buffer resident. Commands are small; a larger message
+/// grows the buffer as it comes in.
+const READ_BUFFER: usize = 4096;
+
 pub async fn upgrade(
     State(state): State<AppState>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -79,6 +88,7 @@ pub async fn upgrade(
     };
     let max = state.max_body();
     Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
