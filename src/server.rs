@@ -8,8 +8,10 @@
 //! connection (a subscriber that stops reading has a full socket, so ending
 //! its response would never reach the wire; the fan-out closes the socket
 //! instead), the kernel send buffer can be bounded per socket, connections
-//! are counted and refused with an answer, and clients that are slow to
-//! send a request are cut off.
+//! are counted and refused with an answer, clients that are slow to send a
+//! request are cut off, and a subscription's response on plain-text
+//! HTTP/1.1 is taken from hyper once its head is known, to be written by a
+//! small task of its own ([`crate::http::direct`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

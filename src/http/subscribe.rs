@@ -1,6 +1,8 @@
 //! Opening a subscription over HTTP: `GET /stream`, `GET /sse/{topic}` and
-//! `GET /ndjson` share the parameters parsed here, then hand the
-//! subscription to the SSE or NDJSON writer.
+//! `GET /ndjson` share the parameters parsed here, make the subscription a
+//! [`Feed`] in the SSE or NDJSON format, and answer with it: as a
+//! streaming body for hyper to write, or for the connection to write
+//! itself ([`super::direct`]).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
