@@ -17,8 +17,8 @@
 //! itself with [`write`]: the head, then the feed in chunked transfer
 //! coding (RFC 9112, section 7.1), ended by the last chunk when the feed
 //! finishes, and cut short when it is aborted, as hyper does. The
-//! connection closes after the response, as its head says. TLS and HTTP/2
-//! connections keep hyper's writer.
+//! connection closes after the response, as its head says. TLS, HTTP/2,
+//! HTTP/1.0 and `HEAD` keep hyper's writer.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
