@@ -4,8 +4,9 @@
 # scenarios, run by the same client against both hubs, one after the other
 # in the same run.
 #
-#   bash bench/nchan.sh                     # about 6 minutes after the build
+#   bash bench/nchan.sh                     # about 8 minutes after the build
 #   REPEAT=1 DURATION=3s bash bench/nchan.sh
+#   ONLY=idle bash bench/nchan.sh           # the scenarios whose title has "idle"
 #
 # It builds Sluice in release mode, installs nginx and its nchan module
 # (Debian's `nginx` and `libnginx-mod-nchan`, with apt-get) when they are
@@ -26,6 +27,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REPEAT="${REPEAT:-3}"
+# Only the scenarios whose title contains this text (all by default).
+ONLY="${ONLY:-}"
 DURATION="${DURATION:-5s}"
 # Enough publishers that a publish's round trip does not cap the rate: each
 # publisher waits for its answer before its next publish.
@@ -184,6 +187,7 @@ EOF
 measure() {
   local scenario="$1" hubs="$2" run hub file
   shift 3
+  [[ "$scenario" == *"$ONLY"* ]] || return 0
   echo "$scenario ($REPEAT runs on each of: $hubs)" >&2
   for run in $(seq "$REPEAT"); do
     for hub in ${hubs//,/ }; do
@@ -209,6 +213,7 @@ measure "1,000 NDJSON subscribers, 1 topic" sluice -- "${FANOUT[@]}" -n 1000 --t
 measure "10,000 SSE subscribers, 100 topics, 100 of them to all" sluice,nchan -- \
   "${FANOUT[@]}" -n 10000 --transport sse --topics 100 --wildcards 100
 measure "10,000 idle SSE connections" sluice,nchan -- idle -n 10000
+measure "10,000 idle WebSocket connections" sluice,nchan -- idle -n 10000 --transport ws
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1))," \
@@ -279,13 +284,13 @@ for scenario, hubs in runs.items():
           f"| {ms(median(s, 'latency.p99_us'))} | {ms(median(n, 'latency.p99_us'))} "
           f"| {cs:.2f} | {cn:.2f} | {times(cn, cs)} |")
 print("\n### Idle connections\n")
-print("| Hub | connections | RSS KiB/connection | spread | PSS KiB/connection | RSS before MiB | RSS with them MiB |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| Scenario | Hub | connections | RSS KiB/connection | spread | PSS KiB/connection | RSS before MiB | RSS with them MiB |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 for scenario, hubs in runs.items():
     for hub, reports in hubs.items():
         if reports[0]["scenario"] != "idle":
             continue
-        print(f"| {hub} | {count(median(reports, 'connections'))} "
+        print(f"| {scenario} | {hub} | {count(median(reports, 'connections'))} "
               f"| {median(reports, 'rss_per_connection') / 1024:.2f} "
               f"| {spread(reports, 'rss_per_connection')} "
               f"| {median(reports, 'pss_per_connection') / 1024:.2f} "

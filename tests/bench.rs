@@ -307,22 +307,34 @@ async fn fanout_over_nodes_delivers_every_nodes_events_on_every_node() {
 
 #[tokio::test]
 async fn idle_reports_the_hubs_memory_per_connection() {
-    let hub = Hub::start(&["--storage", "memory"]).await;
-    let report = bench(&hub, &["idle", "--connections", "100", "--settle", "200ms"]).await;
-    assert_eq!(report["scenario"], "idle");
-    assert_eq!(report["target"], "sluice");
-    assert_eq!(report["connections"], 100);
-    let (before, after) = (
-        number(&report, "/before/rss_bytes"),
-        number(&report, "/after/rss_bytes"),
-    );
-    // A hub holds at least a megabyte, and less than a gigabyte here.
-    assert!((1e6..1e9).contains(&before), "{report:#}");
-    let per_connection = number(&report, "/rss_per_connection");
-    assert_eq!(per_connection, (after - before) / 100.0, "{report:#}");
-    // Each connection costs the hub something, and less than a megabyte.
-    assert!(0.0 < per_connection && per_connection < 1e6, "{report:#}");
-    assert!(number(&report, "/pss_per_connection") < 1e6, "{report:#}");
+    for transport in ["sse", "ws"] {
+        let hub = Hub::start(&["--storage", "memory"]).await;
+        let args = [
+            "idle",
+            "--connections",
+            "100",
+            "--settle",
+            "200ms",
+            "--transport",
+            transport,
+        ];
+        let report = bench(&hub, &args).await;
+        assert_eq!(report["scenario"], "idle");
+        assert_eq!(report["target"], "sluice");
+        assert_eq!(report["transport"], transport);
+        assert_eq!(report["connections"], 100);
+        let (before, after) = (
+            number(&report, "/before/rss_bytes"),
+            number(&report, "/after/rss_bytes"),
+        );
+        // A hub holds at least a megabyte, and less than a gigabyte here.
+        assert!((1e6..1e9).contains(&before), "{report:#}");
+        let per_connection = number(&report, "/rss_per_connection");
+        assert_eq!(per_connection, (after - before) / 100.0, "{report:#}");
+        // Each connection costs the hub something, and less than a megabyte.
+        assert!(0.0 < per_connection && per_connection < 1e6, "{report:#}");
+        assert!(number(&report, "/pss_per_connection") < 1e6, "{report:#}");
+    }
 }
 
 #[tokio::test]

@@ -762,11 +762,7 @@ impl Outcome for FanoutOutcome {
             Flavor::Sluice => "sluice",
             Flavor::Nchan => "nchan",
         };
-        let transport = match self.transport {
-            Transport::Sse => "SSE",
-            Transport::Ws => "WebSocket",
-            Transport::Ndjson => "NDJSON",
-        };
+        let transport = self.transport.name();
         let errors = match &self.first_error {
             None => grouped(self.publish_errors),
             Some(first) => format!("{} (first: {first})", grouped(self.publish_errors)),

@@ -155,6 +155,15 @@ impl Flavor {
 }
 
 impl Transport {
+    /// The transport's name in a report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Sse => "SSE",
+            Transport::Ws => "WebSocket",
+            Transport::Ndjson => "NDJSON",
+        }
+    }
+
     /// The status of an answer that opens the stream.
     fn opens_with(self) -> StatusCode {
         match self {

@@ -1,12 +1,13 @@
 //! `sluice bench idle`: the hub's memory per idle subscriber.
 //!
 //! Reads the hub's memory (`--hub-pid`, every process of it), opens
-//! `--connections N` SSE subscriptions to one topic of this run, each on a
+//! `--connections N` subscriptions over SSE (or `--transport ws`) to one
+//! topic of this run, each on a
 //! connection of its own (from several source addresses beyond what one
 //! can hold: see `http.rs`), waits until every answer has come and then
 //! `--settle` more, reads the hub's memory again, and closes them. Nothing
 //! is published: the subscribers are idle, and the bench does not read
-//! them (a keep-alive every 15 s waits in their sockets).
+//! them (a keep-alive or a ping every 15 s waits in their sockets).
 
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,12 @@ pub struct IdleArgs {
     /// The hub's kind, which sets the shape of its requests.
     #[arg(long = "target", value_enum, default_value_t = Flavor::Sluice)]
     pub flavor: Flavor,
-    /// Idle SSE subscriptions, each on a connection of its own.
+    /// Idle subscriptions, each on a connection of its own.
     #[arg(long, short = 'n', value_name = "N", default_value = "1000", value_parser = parse_count)]
     pub connections: u64,
+    /// How the subscribers connect (NDJSON is SSE's twin here).
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    pub transport: Transport,
     /// Pause between the last answer and the second reading of the hub's
     /// memory.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -36,6 +40,7 @@ pub struct IdleArgs {
 pub struct IdleOutcome {
     pub target: Flavor,
     pub topic: String,
+    pub transport: Transport,
     pub connections: u64,
     pub open_seconds: f64,
     /// The hub's memory before the first connection.
@@ -59,11 +64,11 @@ impl IdleArgs {
         let topic = format!("bench/{}/idle", &run[..8]);
         let request = self
             .flavor
-            .subscribe(target, Transport::Sse, Interest::Topic(&topic))?;
+            .subscribe(target, self.transport, Interest::Topic(&topic))?;
         let before = resident(hub_pids)?;
         let start = Instant::now();
         let requests = (0..self.connections).map(|_| (target, request.clone()));
-        let open = open_all(Transport::Sse, requests).await?;
+        let open = open_all(self.transport, requests).await?;
         let open_seconds = start.elapsed().as_secs_f64();
         tokio::time::sleep(self.settle).await;
         let after = resident(hub_pids)?;
@@ -73,6 +78,7 @@ impl IdleArgs {
         Ok(IdleOutcome {
             target: self.flavor,
             topic,
+            transport: self.transport,
             connections: self.connections,
             open_seconds,
             before,
@@ -92,8 +98,9 @@ impl super::Outcome for IdleOutcome {
             (
                 "connections",
                 format!(
-                    "{} idle SSE subscribers, opened in {:.2} s",
+                    "{} idle {} subscribers, opened in {:.2} s",
                     grouped(self.connections),
+                    self.transport.name(),
                     self.open_seconds
                 ),
             ),
