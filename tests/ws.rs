@@ -240,7 +240,7 @@ async fn frames_over_max_body_are_refused_with_1009() {
 
 #[tokio::test]
 async fn a_command_many_times_the_read_buffer_arrives_whole() {
-    // The hub reads a socket 4 KiB at a time; 200 KB is 50 reads.
+    // The hub reads a socket 1 KiB at a time; 200 KB is some 200 reads.
     let hub = Hub::start(&[]).await;
     let mut socket = connect(&hub, "/ws").await;
     let mut stream = sse(&hub.at("/stream?topics=big"), None).await;
