@@ -252,7 +252,7 @@ impl Server {
         remote: SocketAddr,
         deadline: Instant,
         handoff: Option<Arc<Handoff>>,
-    ) -> Option<Detached>
+    ) -> Option<Box<Detached>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -329,7 +329,7 @@ impl Server {
     /// Serves `connection` until it ends, the hub closes it (`close`), its
     /// first request is late, or the service hands a response over (which
     /// is returned); at shutdown, lets it finish gracefully.
-    async fn drive<C, E>(&self, mut connection: Pin<&mut C>, watch: Watch) -> Option<Detached>
+    async fn drive<C, E>(&self, mut connection: Pin<&mut C>, watch: Watch) -> Option<Box<Detached>>
     where
         C: Future<Output = Result<(), E>> + Graceful,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,

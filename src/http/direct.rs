@@ -60,7 +60,9 @@ pub struct Detached {
 /// connection task.
 #[derive(Default)]
 pub struct Handoff {
-    slot: Mutex<Option<Detached>>,
+    /// Boxed: every plain-text connection has a handoff, and a
+    /// publisher's never uses it.
+    slot: Mutex<Option<Box<Detached>>>,
     given: Notify,
 }
 
@@ -81,13 +83,13 @@ impl Handoff {
             response.headers(),
             "transfer-encoding: chunked",
         );
-        *self.slot.lock() = Some(Detached { head, feed, close });
+        *self.slot.lock() = Some(Box::new(Detached { head, feed, close }));
         self.given.notify_one();
         std::future::pending().await
     }
 
     /// The response the service left here.
-    pub async fn taken(&self) -> Detached {
+    pub async fn taken(&self) -> Box<Detached> {
         loop {
             if let Some(detached) = self.slot.lock().take() {
                 return detached;
@@ -137,9 +139,9 @@ pub fn head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
 /// preamble are dropped once written; and the close token is polled only
 /// while a write waits for room, for a cut-off closes the subscriber's
 /// mailbox (which ends the feed) before it cancels the token.
-pub async fn write(socket: impl AsRef<TcpStream>, mut detached: Detached) {
+pub async fn write(socket: impl AsRef<TcpStream>, mut detached: Box<Detached>) {
     let socket = socket.as_ref();
-    let Detached { head, feed, close } = &mut detached;
+    let Detached { head, feed, close } = &mut *detached;
     let writing = async {
         let preamble = feed.preamble();
         send(socket, close, head, preamble.as_slice()).await?;

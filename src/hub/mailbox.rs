@@ -228,12 +228,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_the_first_event_of_a_tick_wakes_the_subscriber() {
+    /// A mailbox of 10, and a waker that counts its wake-ups.
+    fn counted() -> (Mailbox, Arc<Wakes>, Waker) {
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
+        (Mailbox::new(10), wakes, waker)
+    }
+
+    #[test]
+    fn only_the_first_event_of_a_tick_wakes_the_subscriber() {
+        let (mailbox, wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
-        let mailbox = Mailbox::new(10);
         let mut batch = Vec::new();
         assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
         assert_eq!(mailbox.push(queued(0), Some(7)), Pushed::Queued);
@@ -262,10 +267,8 @@ mod tests {
 
     #[test]
     fn without_ticks_every_event_wakes() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
+        let (mailbox, wakes, waker) = counted();
         let mut cx = Context::from_waker(&waker);
-        let mailbox = Mailbox::new(10);
         let mut batch = Vec::new();
         for seq in 0..3 {
             assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
