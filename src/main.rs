@@ -55,7 +55,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => match sluice::hub::delivery_runtime() {
+            Ok(delivery) => {
+                let result = runtime.block_on(serve(args, delivery.handle().clone()));
+                // What is still running there (a stalled reader past the
+                // drain) is dropped, as on the main runtime.
+                delivery.shutdown_background();
+                result
+            }
+            Err(error) => Err(error.into()),
+        },
         Command::Pub(args) => runtime.block_on(args.run()),
         Command::Sub(args) => runtime.block_on(args.run()),
         Command::Replay(args) => runtime.block_on(args.run()),
@@ -86,7 +95,9 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Runs the hub until SIGINT or SIGTERM, with subscribers' streams written on
+/// `delivery` (see [`sluice::hub::delivery_runtime`]).
+async fn serve(args: ServeArgs, delivery: tokio::runtime::Handle) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
     init_logging(&config)?;
     let auth = Arc::new(Auth::from_config(&config)?);
@@ -99,7 +110,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let (hub, hub_tasks) = Hub::start(&config, shutdown.clone()).await?;
+    let (hub, hub_tasks) = Hub::start(&config, shutdown.clone(), delivery).await?;
     let producers = Producers::start(hub.clone(), &config, shutdown.clone())?;
     let state = AppState {
         hub: hub.clone(),

@@ -221,8 +221,12 @@ impl Server {
         let handoff = (!http2).then(Arc::<Handoff>::default);
         if let Some(detached) = self.http(io, http2, remote, deadline, handoff).await {
             // In a task of its own, which needs a few hundred bytes, where
-            // this one keeps room for hyper's connection.
-            tokio::spawn(direct::write(socket, detached));
+            // this one keeps room for hyper's connection; on the delivery
+            // runtime, with the other subscribers.
+            self.state
+                .hub
+                .delivery()
+                .spawn(direct::write(socket, detached));
         }
     }
 

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -29,17 +30,19 @@ const TICKS_PER_KEEPALIVE: u32 = 4;
 pub const KEEPALIVE_TICKS: u64 = TICKS_PER_KEEPALIVE as u64 + 1;
 
 /// Starts the write tick (unless `write_delay` is zero) and the keep-alive
-/// tick; both end with `shutdown`, and the keep-alive tick's sender with
-/// them, which tells every subscription that the hub is shutting down.
-/// Returns the keep-alive tick's receiver, for subscriptions to clone.
+/// tick on `runtime`, where the subscribers they wake run; both end with
+/// `shutdown`, and the keep-alive tick's sender with them, which tells
+/// every subscription that the hub is shutting down. Returns the
+/// keep-alive tick's receiver, for subscriptions to clone.
 pub fn start(
+    runtime: &Handle,
     fanout: Arc<Fanout>,
     write_delay: Duration,
     keepalive: Duration,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<u64>, JoinHandle<()>) {
     let (keepalive_tx, keepalive_rx) = watch::channel(0u64);
-    let task = tokio::spawn(async move {
+    let task = runtime.spawn(async move {
         let mut write_tick = (!write_delay.is_zero()).then(|| every(write_delay));
         let mut keepalive_tick = every(keepalive / TICKS_PER_KEEPALIVE);
         // The first tick of an interval is immediate: skip it.

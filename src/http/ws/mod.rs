@@ -94,9 +94,15 @@ pub async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            let session =
-                Session::new(state, caller, request.params, request.conn.as_ref(), filter).await;
-            session.run(socket).await
+            // The session writes a subscriber's stream: it runs on the
+            // delivery runtime, and this task ends.
+            let delivery = state.hub.delivery().clone();
+            delivery.spawn(async move {
+                let session =
+                    Session::new(state, caller, request.params, request.conn.as_ref(), filter)
+                        .await;
+                session.run(socket).await
+            });
         })
         .into_response())
 }
