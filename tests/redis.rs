@@ -84,6 +84,16 @@ async fn eventually(hub: &Hub, path: &str, check: impl Fn(&Value) -> bool) -> Va
     }
 }
 
+/// A node's `sluice_events_published_total`.
+async fn published_total(node: &Hub) -> f64 {
+    let response = client().get(node.at("/metrics")).send().await.unwrap();
+    let text = response.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("sluice_events_published_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_events_published_total in {text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_one_hub() {
     let redis = Redis::start();
@@ -210,6 +220,17 @@ async fn three_nodes_serve_one_hub() {
         };
     }
     assert_eq!(paged, wide);
+
+    // Each node counts the events published through it, not the ones it
+    // delivered for the others (nor an idempotent retry's duplicate).
+    let through = [
+        published[0].len() + 1 + wide.len(),
+        published[1].len(),
+        published[2].len() + missed.len() + 1,
+    ];
+    for (node, count) in nodes.iter().zip(through) {
+        assert_eq!(published_total(node).await, count as f64);
+    }
 
     // Figures reach every node's admin endpoints.
     eventually(&nodes[2], "/topics", |topics| {

@@ -214,8 +214,6 @@ impl Fanout {
     /// Hands events, in id order, to every matching subscriber's mailbox.
     /// Never waits: a full mailbox cuts its subscriber off.
     pub fn dispatch(&self, events: &[Arc<Event>]) {
-        let published = events.iter().filter(|e| !e.topic.starts_with('$')).count();
-        self.metrics.events_published.inc_by(published as u64);
         let dispatched = Instant::now();
         let mut guard = self.registry.lock();
         let reg = &mut *guard;

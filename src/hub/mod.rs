@@ -121,7 +121,7 @@ impl Hub {
             shutdown.clone(),
         );
         let dispatch = feed.is_none().then(|| fanout.clone());
-        let (writer, writer_task) = Writer::spawn(log.clone(), dispatch);
+        let (writer, writer_task) = Writer::spawn(log.clone(), dispatch, metrics.clone());
         let feed_task = feed
             .map(|feed| tokio::spawn(feed::run(feed.batches, fanout.clone(), shutdown.clone())));
         let (lifecycle, lifecycle_task) =

@@ -8,7 +8,9 @@
 //! and only then answers each publisher. One writer means append
 //! order and dispatch order are the same by construction. With a log that
 //! several nodes share, the log's feed dispatches instead (`hub::feed`):
-//! the writer then answers once the events are stored.
+//! the writer then answers once the events are stored. Either way the
+//! writer counts the events it stored (`sluice_events_published_total`):
+//! on a shared log, this node's publishes, not every node's.
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::fanout::Fanout;
 use crate::event::NewEvent;
 use crate::log::{Appended, EventLog, LogError};
+use crate::metrics::Metrics;
 
 /// Publish requests waiting for the writer; publishers wait when it is full.
 const QUEUE: usize = 1024;
@@ -44,9 +47,10 @@ impl Writer {
     pub fn spawn(
         log: Arc<dyn EventLog>,
         dispatch: Option<Arc<Fanout>>,
+        metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(rx, log, dispatch));
+        let task = tokio::spawn(run(rx, log, dispatch, metrics));
         (Writer { requests: tx }, task)
     }
 
@@ -67,6 +71,7 @@ async fn run(
     mut requests: mpsc::Receiver<Request>,
     log: Arc<dyn EventLog>,
     dispatch: Option<Arc<Fanout>>,
+    metrics: Arc<Metrics>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while requests.recv_many(&mut group, MAX_GROUP).await > 0 {
@@ -74,14 +79,17 @@ async fn run(
         let batch = group.iter_mut().flat_map(|r| r.events.drain(..)).collect();
         match log.append(batch).await {
             Ok(outcomes) => {
+                let new: Vec<_> = outcomes
+                    .iter()
+                    .filter_map(|outcome| match outcome {
+                        Appended::New(event) => Some(event.clone()),
+                        Appended::Duplicate(_) => None,
+                    })
+                    .collect();
+                // Lifecycle events (`$sys/…`) are the hub's, not published.
+                let published = new.iter().filter(|e| !e.topic.starts_with('$')).count();
+                metrics.events_published.inc_by(published as u64);
                 if let Some(fanout) = &dispatch {
-                    let new: Vec<_> = outcomes
-                        .iter()
-                        .filter_map(|outcome| match outcome {
-                            Appended::New(event) => Some(event.clone()),
-                            Appended::Duplicate(_) => None,
-                        })
-                        .collect();
                     fanout.dispatch(&new);
                 }
                 let mut outcomes = outcomes.into_iter();
