@@ -256,8 +256,8 @@ def times(a, b):
 
 print(f"Medians of {repeat} runs; spread is half the range over the median.\n")
 print("### Fan-out\n")
-print("| Scenario | Hub | deliveries/s | spread | delivery ratio | published/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | hub CPU µs/delivery | hub cores | bench cores |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| Scenario | Hub | deliveries/s | spread | delivery ratio | published/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | publish p50 ms | publish p99 ms | hub CPU µs/delivery | hub cores | bench cores |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for scenario, hubs in runs.items():
     for hub, reports in hubs.items():
         if reports[0]["scenario"] != "fanout":
@@ -268,6 +268,8 @@ for scenario, hubs in runs.items():
               f"| {count(median(reports, 'published_per_second'))} "
               + "".join(f"| {ms(median(reports, 'latency.' + p))} "
                         for p in ["p50_us", "p90_us", "p99_us", "p99_9_us", "max_us"])
+              + "".join(f"| {ms(median(reports, 'publish_latency.' + p))} "
+                        for p in ["p50_us", "p99_us"])
               + f"| {median(reports, 'cpu.hub_us_per_event'):.2f} "
               f"| {median(reports, 'cpu.hub_cores'):.2f} "
               f"| {median(reports, 'cpu.bench_cores'):.2f} |")
