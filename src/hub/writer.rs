@@ -79,17 +79,22 @@ async fn run(
         let batch = group.iter_mut().flat_map(|r| r.events.drain(..)).collect();
         match log.append(batch).await {
             Ok(outcomes) => {
-                let new: Vec<_> = outcomes
-                    .iter()
-                    .filter_map(|outcome| match outcome {
-                        Appended::New(event) => Some(event.clone()),
-                        Appended::Duplicate(_) => None,
-                    })
-                    .collect();
                 // Lifecycle events (`$sys/…`) are the hub's, not published.
-                let published = new.iter().filter(|e| !e.topic.starts_with('$')).count();
+                let published = outcomes
+                    .iter()
+                    .filter(|outcome| {
+                        matches!(outcome, Appended::New(event) if !event.topic.starts_with('$'))
+                    })
+                    .count();
                 metrics.events_published.inc_by(published as u64);
                 if let Some(fanout) = &dispatch {
+                    let new: Vec<_> = outcomes
+                        .iter()
+                        .filter_map(|outcome| match outcome {
+                            Appended::New(event) => Some(event.clone()),
+                            Appended::Duplicate(_) => None,
+                        })
+                        .collect();
                     fanout.dispatch(&new);
                 }
                 let mut outcomes = outcomes.into_iter();
