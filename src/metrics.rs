@@ -93,6 +93,11 @@ impl Metrics {
             add(Box::new(g.clone()));
             g
         };
+        // The process's resident memory, open files and threads, as every
+        // Prometheus exporter names them (`process_resident_memory_bytes`…).
+        add(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let histogram = |name: &str, help: &str| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
             let h = Histogram::with_opts(opts).expect("valid metric");
@@ -301,6 +306,10 @@ mod tests {
             ("sluice_fanout_latency_seconds_count".into(), 0.0),
         ] {
             assert_eq!(sample(&text, &series), Some(value), "{series} in\n{text}");
+        }
+        // The process's own series, as other exporters name them.
+        for series in ["process_resident_memory_bytes", "process_open_fds"] {
+            assert!(sample(&text, series) > Some(0.0), "{series} in\n{text}");
         }
     }
 

@@ -19,10 +19,16 @@ async fn bench_nodes(nodes: &[&Hub], args: &[&str]) -> Value {
     let join =
         |each: fn(&Hub) -> String| nodes.iter().map(|n| each(n)).collect::<Vec<_>>().join(",");
     let (urls, pids) = (join(|n| n.url.clone()), join(|n| n.pid().to_string()));
+    run_bench(args, &["--url", &urls, "--hub-pid", &pids]).await
+}
+
+/// Runs `sluice bench ARGS OPTIONS --json` and returns its report.
+async fn run_bench(args: &[&str], options: &[&str]) -> Value {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("bench")
         .args(args)
-        .args(["--url", &urls, "--hub-pid", &pids, "--json"])
+        .args(options)
+        .arg("--json")
         .output()
         .await
         .expect("sluice bench runs");
@@ -334,14 +340,38 @@ async fn idle_reports_the_hubs_memory_per_connection() {
         // Each connection costs the hub something, and less than a megabyte.
         assert!(0.0 < per_connection && per_connection < 1e6, "{report:#}");
         assert!(number(&report, "/pss_per_connection") < 1e6, "{report:#}");
+        assert_eq!(report["memory_from"], "proc");
     }
+}
+
+#[tokio::test]
+async fn idle_reads_the_hubs_memory_from_its_metrics_without_a_pid() {
+    let hub = Hub::start(&["--storage", "memory"]).await;
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", hub.pid())).unwrap();
+    let kb: f64 = rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Rss:")?.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse().ok())
+        .unwrap();
+    let args = ["idle", "--connections", "100", "--settle", "200ms"];
+    let report = run_bench(&args, &["--url", &hub.url]).await;
+    assert_eq!(report["memory_from"], "metrics", "{report:#}");
+    // The same figure as /proc's, read a moment apart: in bytes, not pages.
+    let before = number(&report, "/before/rss_bytes");
+    assert!(
+        (0.5..2.0).contains(&(before / (kb * 1024.0))),
+        "{before} against {kb} kB in /proc: {report:#}"
+    );
+    let per_connection = number(&report, "/rss_per_connection");
+    assert!(0.0 < per_connection && per_connection < 1e6, "{report:#}");
+    assert!(report["pss_per_connection"].is_null(), "{report:#}");
 }
 
 #[tokio::test]
 async fn scenarios_that_cannot_measure_say_why() {
     let hub = Hub::start(&["--storage", "memory"]).await;
     for (args, why) in [
-        (&["idle", "-n", "1"][..], "--hub-pid"),
+        (&["idle", "--target", "nchan", "-n", "1"][..], "--hub-pid"),
         (
             &["fanout", "--target", "nchan", "--transport", "ndjson"],
             "no NDJSON",

@@ -1,6 +1,7 @@
 //! `sluice bench idle`: the hub's memory per idle subscriber.
 //!
-//! Reads the hub's memory (`--hub-pid`, every process of it), opens
+//! Reads the hub's memory (`--hub-pid`, every process of it; without it,
+//! Sluice's RSS from its `/metrics`), opens
 //! `--connections N` subscriptions over SSE (or `--transport ws`) to one
 //! topic of this run, each on a
 //! connection of its own (from several source addresses beyond what one
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use super::http::Target;
 use super::hubs::{Flavor, Interest, Transport, open_all};
-use super::memory::{Resident, resident};
+use super::memory::{MemorySource, Resident};
 use super::{grouped, parse_count};
 
 #[derive(clap::Args, Debug)]
@@ -43,35 +44,40 @@ pub struct IdleOutcome {
     pub transport: Transport,
     pub connections: u64,
     pub open_seconds: f64,
+    /// Where the memory was read: `proc` (`--hub-pid`) or `metrics`.
+    pub memory_from: &'static str,
     /// The hub's memory before the first connection.
     pub before: Resident,
     /// The same with every connection open, after the settle.
     pub after: Resident,
     /// The growth of the hub's RSS per connection, in bytes.
     pub rss_per_connection: f64,
-    /// The same of its PSS.
-    pub pss_per_connection: f64,
+    /// The same of its PSS, when read from `/proc`.
+    pub pss_per_connection: Option<f64>,
 }
 
 impl IdleArgs {
     pub async fn run(self, target: &Target, hub_pids: &[u32]) -> anyhow::Result<IdleOutcome> {
-        anyhow::ensure!(
-            !hub_pids.is_empty(),
-            "idle measures the hub's memory: give its process ids with --hub-pid"
-        );
+        let memory = match (hub_pids, self.flavor) {
+            ([], Flavor::Sluice) => MemorySource::Metrics(target),
+            ([], _) => anyhow::bail!(
+                "idle measures nchan's memory in /proc: give its process ids with --hub-pid"
+            ),
+            (pids, _) => MemorySource::Processes(pids),
+        };
         anyhow::ensure!(self.connections >= 1, "--connections must be at least 1");
         let run = uuid::Uuid::new_v4().simple().to_string();
         let topic = format!("bench/{}/idle", &run[..8]);
         let request = self
             .flavor
             .subscribe(target, self.transport, Interest::Topic(&topic))?;
-        let before = resident(hub_pids)?;
+        let before = memory.read().await?;
         let start = Instant::now();
         let requests = (0..self.connections).map(|_| (target, request.clone()));
         let open = open_all(self.transport, requests).await?;
         let open_seconds = start.elapsed().as_secs_f64();
         tokio::time::sleep(self.settle).await;
-        let after = resident(hub_pids)?;
+        let after = memory.read().await?;
         drop(open);
         let per_connection =
             |before: u64, after: u64| (after as f64 - before as f64) / self.connections as f64;
@@ -81,10 +87,14 @@ impl IdleArgs {
             transport: self.transport,
             connections: self.connections,
             open_seconds,
+            memory_from: memory.name(),
             before,
             after,
             rss_per_connection: per_connection(before.rss_bytes, after.rss_bytes),
-            pss_per_connection: per_connection(before.pss_bytes, after.pss_bytes),
+            pss_per_connection: before
+                .pss_bytes
+                .zip(after.pss_bytes)
+                .map(|(before, after)| per_connection(before, after)),
         })
     }
 }
@@ -93,7 +103,7 @@ impl super::Outcome for IdleOutcome {
     fn rows(&self) -> Vec<(&'static str, String)> {
         let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64);
         let kib = |bytes: f64| format!("{:.2} KiB", bytes / 1024.0);
-        vec![
+        let mut rows = vec![
             ("topic", self.topic.clone()),
             (
                 "connections",
@@ -107,22 +117,24 @@ impl super::Outcome for IdleOutcome {
             (
                 "hub RSS",
                 format!(
-                    "{} before, {} with them",
+                    "{} before, {} with them (from {})",
                     mib(self.before.rss_bytes),
-                    mib(self.after.rss_bytes)
+                    mib(self.after.rss_bytes),
+                    self.memory_from
                 ),
             ),
-            (
+        ];
+        if let (Some(before), Some(after)) = (self.before.pss_bytes, self.after.pss_bytes) {
+            rows.push((
                 "hub PSS",
-                format!(
-                    "{} before, {} with them",
-                    mib(self.before.pss_bytes),
-                    mib(self.after.pss_bytes)
-                ),
-            ),
-            ("RSS per connection", kib(self.rss_per_connection)),
-            ("PSS per connection", kib(self.pss_per_connection)),
-        ]
+                format!("{} before, {} with them", mib(before), mib(after)),
+            ));
+        }
+        rows.push(("RSS per connection", kib(self.rss_per_connection)));
+        if let Some(pss) = self.pss_per_connection {
+            rows.push(("PSS per connection", kib(pss)));
+        }
+        rows
     }
 
     fn verdict(&self) -> anyhow::Result<()> {

@@ -71,7 +71,8 @@ pub struct Common {
     /// Process ids of the hub, when it runs on this machine (nginx: its
     /// master and workers; several nodes: all of theirs; comma-separated):
     /// their CPU time over the measurement is reported too, in all and per
-    /// event, and `idle` reads their memory.
+    /// event, and `idle` reads their memory (without them, a Sluice hub's
+    /// RSS from its `/metrics`).
     #[arg(long, global = true, value_name = "PID[,PID…]", value_delimiter = ',')]
     pub hub_pid: Vec<u32>,
 }
