@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::http::Target;
 
 /// Memory of the hub's processes together, in bytes.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Resident {
     pub rss_bytes: u64,
     /// Not known from `/metrics`.
@@ -49,7 +49,7 @@ impl MemorySource<'_> {
 }
 
 /// The memory of the processes `pids` together.
-pub fn resident(pids: &[u32]) -> anyhow::Result<Resident> {
+fn resident(pids: &[u32]) -> anyhow::Result<Resident> {
     let mut rss_bytes = 0;
     let mut pss_bytes = 0;
     for pid in pids {
