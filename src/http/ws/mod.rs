@@ -22,7 +22,6 @@ use axum::extract::ws::{
     rejection::WebSocketUpgradeRejection,
 };
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -119,8 +118,6 @@ enum Step {
     Stop(Reason),
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
 struct Session {
     state: AppState,
     info: Arc<ClientInfo>,
@@ -164,8 +161,10 @@ impl Session {
         }
     }
 
-    async fn run(mut self, socket: WebSocket) {
-        let (mut sink, mut incoming) = socket.split();
+    /// The session's loop. It uses the socket whole, not split into a sink
+    /// and a stream: it reads or writes, never both at once, and a split
+    /// would take a lock on every read, write and flush.
+    async fn run(mut self, mut socket: WebSocket) {
         let shutdown = self.state.hub.shutdown_signal();
         let keepalive = self.state.config.keepalive;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
@@ -183,7 +182,7 @@ impl Session {
                 }
                 _ = self.cut_off.cancelled() => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                 _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
-                message = incoming.next() => match message {
+                message = socket.next() => match message {
                     None => Step::Stop(Reason::Closed),
                     // The library queued the reply to the peer's close
                     // frame: flush it, so the close is clean on both sides.
@@ -238,11 +237,11 @@ impl Session {
                 }
                 Step::Echo => {
                     self.presence.end(Reason::Closed);
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
                     break;
                 }
                 Step::Close(code, reason) => {
-                    self.close(&mut sink, code, reason).await;
+                    self.close(&mut socket, code, reason).await;
                     break;
                 }
                 Step::Send(message) => vec![message],
@@ -260,9 +259,9 @@ impl Session {
             // ends it, and the close frame goes out once the peer reads again.
             let send = async {
                 for message in messages {
-                    sink.feed(message).await?;
+                    socket.feed(message).await?;
                 }
-                sink.flush().await
+                socket.flush().await
             };
             tokio::select! {
                 // The send first: it usually completes at once, and the
@@ -276,7 +275,7 @@ impl Session {
                     }
                 },
                 _ = self.cut_off.cancelled() => {
-                    self.close(&mut sink, TRY_AGAIN_LATER, TOO_SLOW).await;
+                    self.close(&mut socket, TRY_AGAIN_LATER, TOO_SLOW).await;
                     break;
                 }
             }
@@ -284,7 +283,7 @@ impl Session {
     }
 
     /// Sends a close frame, with up to `CLOSE_GRACE` for it to go out.
-    async fn close(&mut self, sink: &mut Sink, code: u16, reason: &'static str) {
+    async fn close(&mut self, socket: &mut WebSocket, code: u16, reason: &'static str) {
         self.presence.end(match code {
             GOING_AWAY => Reason::Shutdown,
             TRY_AGAIN_LATER => Reason::Slow,
@@ -295,7 +294,7 @@ impl Session {
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
     }
 
     /// Carries out one command and returns the reply frame.
