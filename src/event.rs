@@ -135,9 +135,19 @@ pub struct Event {
     pub kind: Option<Box<str>>,
     pub data: Box<RawValue>,
     pub time: DateTime<Utc>,
-    envelope_line: OnceLock<Bytes>,
+    envelope: OnceLock<EnvelopeBytes>,
     sse_data: OnceLock<Bytes>,
     sse_envelope: OnceLock<Bytes>,
+}
+
+/// The envelope JSON, encoded once into one buffer, `<WebSocket frame
+/// header><JSON>\n`, and two views of it: the NDJSON line (the JSON and its
+/// newline) and the WebSocket text frame (the header and the JSON). Both
+/// transports share the one copy.
+#[derive(Debug)]
+struct EnvelopeBytes {
+    line: Bytes,
+    ws_frame: Bytes,
 }
 
 /// The JSON envelope `{"id","topic","type","data","time"}`.
@@ -159,7 +169,7 @@ impl Event {
             kind: new.kind.map(String::into_boxed_str),
             data: new.data,
             time,
-            envelope_line: OnceLock::new(),
+            envelope: OnceLock::new(),
             sse_data: OnceLock::new(),
             sse_envelope: OnceLock::new(),
         }
@@ -170,27 +180,51 @@ impl Event {
         self.topic.len() + self.kind.as_deref().map_or(0, str::len) + self.data.get().len() + 64
     }
 
-    /// The envelope JSON followed by `\n`: an NDJSON line. Without the
-    /// newline (see [`Event::envelope_json`]) it is a WebSocket text frame.
+    /// The envelope JSON followed by `\n`: an NDJSON line.
     pub fn envelope_line(&self) -> &Bytes {
-        self.envelope_line.get_or_init(|| {
-            let mut buf = serde_json::to_vec(&Envelope {
-                id: self.id,
-                topic: &self.topic,
-                kind: self.kind.as_deref(),
-                data: &self.data,
-                time: format_time(self.time),
-            })
-            .expect("an envelope of valid JSON always serializes");
-            buf.push(b'\n');
-            Bytes::from(buf)
-        })
+        &self.envelope().line
+    }
+
+    /// The envelope JSON as an unfragmented WebSocket text frame, header
+    /// and all.
+    pub fn ws_frame(&self) -> &Bytes {
+        &self.envelope().ws_frame
     }
 
     /// The envelope JSON alone, sharing the bytes of [`Event::envelope_line`].
     pub fn envelope_json(&self) -> Bytes {
         let line = self.envelope_line();
         line.slice(..line.len() - 1)
+    }
+
+    fn envelope(&self) -> &EnvelopeBytes {
+        self.envelope.get_or_init(|| {
+            // Room for the longest header first: its length depends on
+            // the JSON's, known once it is written.
+            let mut buf = vec![0; frame::WS_HEADER_MAX];
+            serde_json::to_writer(
+                &mut buf,
+                &Envelope {
+                    id: self.id,
+                    topic: &self.topic,
+                    kind: self.kind.as_deref(),
+                    data: &self.data,
+                    time: format_time(self.time),
+                },
+            )
+            .expect("an envelope of valid JSON always serializes");
+            let json = frame::WS_HEADER_MAX..buf.len();
+            let header = frame::ws_text_header(json.len());
+            let header = header.as_bytes();
+            let start = json.start - header.len();
+            buf[start..json.start].copy_from_slice(header);
+            buf.push(b'\n');
+            let all = Bytes::from(buf);
+            EnvelopeBytes {
+                line: all.slice(json.start..),
+                ws_frame: all.slice(start..json.end),
+            }
+        })
     }
 
     /// The SSE frame whose `data:` is the event's data, or, with `envelope`,
@@ -312,5 +346,29 @@ mod tests {
             b"{\"id\":\"1-2\",\"topic\":\"t\",\"data\":{\"a\":1},\"time\":\"2023-11-14T22:13:20.123Z\"}\n"
         );
         assert_eq!(ev.envelope_json().last(), Some(&b'}'));
+    }
+
+    #[test]
+    fn the_websocket_frame_and_the_ndjson_line_share_one_envelope() {
+        for len in [10, 200, 70_000] {
+            let data = format!("\"{}\"", "x".repeat(len));
+            let new = NewEvent {
+                topic: "t".into(),
+                kind: Some("k".into()),
+                data: RawValue::from_string(data).unwrap(),
+                key: None,
+            };
+            let ev = Event::new(EventId { ms: 1, seq: 2 }, Utc::now(), new);
+            let json = ev.envelope_json();
+            let header = frame::ws_text_header(json.len());
+            let header = header.as_bytes();
+            assert_eq!(ev.ws_frame()[..], [header, &json[..]].concat());
+            assert_eq!(ev.envelope_line()[..], [&json[..], b"\n"].concat());
+            assert_eq!(
+                ev.ws_frame().as_ptr().wrapping_add(header.len()),
+                ev.envelope_line().as_ptr(),
+                "one buffer"
+            );
+        }
     }
 }

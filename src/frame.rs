@@ -117,6 +117,50 @@ pub fn control_line(kind: &str, data: Option<Value>) -> Bytes {
     Bytes::from(line)
 }
 
+/// The longest WebSocket frame header a server sends: two bytes, then a
+/// 64-bit length (RFC 6455, section 5.2); a server's frames are unmasked.
+pub const WS_HEADER_MAX: usize = 10;
+
+/// The header of an unfragmented WebSocket text frame of `len` bytes.
+/// Server frames carry no mask, so an event's frame is the same bytes for
+/// every socket, encoded once (see [`crate::event::Event::ws_frame`]).
+pub fn ws_text_header(len: usize) -> WsHeader {
+    /// FIN (the message's last frame), opcode 1 (text).
+    const FIN_TEXT: u8 = 0x81;
+    let mut bytes = [0u8; WS_HEADER_MAX];
+    bytes[0] = FIN_TEXT;
+    // The second byte's top bit, the mask flag, stays clear.
+    let used = match len {
+        0..=125 => {
+            bytes[1] = len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            bytes[1] = 127;
+            bytes[2..].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    WsHeader { bytes, used }
+}
+
+/// A WebSocket frame header, as [`ws_text_header`] makes it.
+pub struct WsHeader {
+    bytes: [u8; WS_HEADER_MAX],
+    used: usize,
+}
+
+impl WsHeader {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.used]
+    }
+}
+
 /// Frames up to this size are copied together by [`coalesce`]; a larger
 /// one is passed on as it is: copying it would cost more than its own write.
 const COPY_MAX: usize = 4096;
@@ -185,6 +229,21 @@ mod tests {
         assert_eq!(chunks.len(), (40 * COPY_MAX).div_ceil(RUN_MAX));
         let lone = coalesce(std::iter::once(&frame));
         assert_eq!(lone[0].as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn websocket_headers_are_tungstenites() {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 1 << 20] {
+            let payload = vec![b'x'; len];
+            let mut theirs = Vec::new();
+            Frame::message(payload.clone(), OpCode::Data(Data::Text), true)
+                .format(&mut theirs)
+                .unwrap();
+            let ours = [ws_text_header(len).as_bytes(), &payload].concat();
+            assert_eq!(ours, theirs, "a frame of {len} bytes");
+        }
     }
 
     fn text(b: &Bytes) -> &str {

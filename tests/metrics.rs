@@ -120,7 +120,18 @@ async fn ndjson_bytes(response: &mut reqwest::Response, lines: usize) -> Vec<u8>
 /// Sends a command and returns the reply and its size.
 async fn ws_command(socket: &mut Socket, command: Value) -> (Value, usize) {
     let text = ws::command_text(socket, command).await;
-    (serde_json::from_str(&text).unwrap(), text.len())
+    (serde_json::from_str(&text).unwrap(), frame_size(&text))
+}
+
+/// A text frame's size on the wire: a server's frame header is 2 bytes
+/// up to 125 bytes of text, 4 up to 65,535 (RFC 6455, section 5.2).
+fn frame_size(text: &str) -> usize {
+    text.len()
+        + match text.len() {
+            0..=125 => 2,
+            126..=65_535 => 4,
+            _ => 10,
+        }
 }
 
 /// Reads the text frames of events `ids` and returns their total size.
@@ -130,7 +141,7 @@ async fn ws_events(socket: &mut Socket, ids: &[String]) -> usize {
         let text = ws::next_text(socket).await;
         let event: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(&event["id"], id);
-        size += text.len();
+        size += frame_size(&text);
     }
     size
 }
@@ -231,7 +242,7 @@ async fn counters_follow_known_traffic() {
     assert_eq!(
         m.counter("sluice_bytes_sent_total{transport=\"ws\"}"),
         ws_bytes as f64,
-        "the socket's text frames: events and replies"
+        "the socket's text frames, headers included: events and replies"
     );
     assert_eq!(m.observations("sluice_publish_duration_seconds"), 3.0);
     assert_eq!(

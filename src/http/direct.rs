@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::subscribe::{Feed, Stop};
+use super::writev;
 
 /// A subscription's feed in its response's extensions (whose values must
 /// be `Clone`), for the connection to take.
@@ -204,17 +205,16 @@ async fn write_all(
     mut slices: &mut [IoSlice<'_>],
 ) -> io::Result<()> {
     let writing = poll_fn(|cx| {
-        while !slices.is_empty() {
-            match socket.try_write_vectored(slices) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(socket.poll_write_ready(cx))?;
+        writev::poll_write_all(cx, &mut slices, |cx, slices| {
+            loop {
+                match socket.try_write_vectored(slices) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(socket.poll_write_ready(cx))?;
+                    }
+                    written => return Poll::Ready(written),
                 }
-                Err(error) => return Poll::Ready(Err(error)),
             }
-        }
-        Poll::Ready(Ok(()))
+        })
     });
     tokio::select! {
         // The write first: it usually completes at once, and the token is

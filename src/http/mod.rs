@@ -11,6 +11,7 @@ mod ndjson;
 mod publish;
 mod sse;
 mod subscribe;
+mod writev;
 mod ws;
 
 /// Parses one WebSocket command frame (public for the fuzz targets).

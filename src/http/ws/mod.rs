@@ -6,24 +6,28 @@
 //! added; `last_event_id` (on the URL, or in a `subscribe` sent while the
 //! socket has no topics) replays what was missed first, with the same
 //! no-gap seam as SSE. Every event is one text frame, its envelope JSON,
-//! the same bytes for every subscriber. The server pings every
+//! the same bytes for every subscriber: the session writes each event's
+//! frame as encoded once ([`crate::event::Event::ws_frame`]), a batch of them in one
+//! write. The server pings every
 //! `--keepalive` and closes peers that have not answered by the next ping.
 //! A socket opened with a token is closed with `1008` when the token
 //! expires; its commands are allowed what the token grants.
 
 pub(super) mod command;
+mod handshake;
+mod outgoing;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::extract::ws::{
-    CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
-    rejection::WebSocketUpgradeRejection,
-};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
@@ -31,7 +35,6 @@ use super::errors::ApiError;
 use super::limits;
 use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
 use crate::auth::{Caller, Expiry};
-use crate::event::Event;
 use crate::frame::{self, GAP_TYPE};
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
@@ -40,6 +43,8 @@ use crate::log::Appended;
 use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
 use command::Command;
+use handshake::{Handshake, Socket};
+use outgoing::Outgoing;
 
 /// Close codes (RFC 6455, section 7.4.1).
 const GOING_AWAY: u16 = 1001;
@@ -67,15 +72,10 @@ const READ_BUFFER: usize = 1024;
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake: Result<Handshake, ApiError>,
     request: SubscribeParts,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|rejection| {
-        ApiError::bad_request(
-            "websocket_required",
-            format!("/ws takes a WebSocket upgrade: {rejection}"),
-        )
-    })?;
+    let handshake = handshake?;
     // Topics on the URL are checked before the upgrade, so that a bad one
     // is a plain 400 (or 401, 403) like on the other transports; so is a
     // socket without a token where subscribing needs one.
@@ -88,29 +88,28 @@ pub async fn upgrade(
         Some(caller.filter(topics, state.config.max_topics)?)
     };
     let max = state.max_body();
-    Ok(upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            // The session writes a subscriber's stream: it runs on the
-            // delivery runtime, and this task ends.
-            let delivery = state.hub.delivery().clone();
-            delivery.spawn(async move {
-                let session =
-                    Session::new(state, caller, request.params, request.conn.as_ref(), filter)
-                        .await;
-                session.run(socket).await
-            });
-        })
-        .into_response())
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let (response, socket) = handshake.accept(config);
+    // The session writes a subscriber's stream: it runs on the delivery
+    // runtime.
+    let delivery = state.hub.delivery().clone();
+    delivery.spawn(async move {
+        let Some(socket) = socket.await else { return };
+        let session =
+            Session::new(state, caller, request.params, request.conn.as_ref(), filter).await;
+        session.run(socket).await
+    });
+    Ok(response)
 }
 
 /// What the loop does next.
 enum Step {
     Send(Message),
-    /// A batch of events' frames, sent together and flushed once.
-    Deliver(Vec<Message>),
+    /// A batch of events' frames, written together.
+    Deliver(Outgoing),
     Close(u16, &'static str),
     /// The peer closed: send the queued reply, then stop.
     Echo,
@@ -124,7 +123,8 @@ struct Session {
     /// The connection, and the topics as the client listed them, in order.
     presence: Presence,
     subscription: Option<Subscription>,
-    /// Cancelled by the fan-out when this socket falls behind its buffer.
+    /// Cancelled by the fan-out when this socket falls behind its buffer,
+    /// after it closed the subscription's mailbox.
     cut_off: CancellationToken,
     /// Who opened the socket: what its commands may do.
     caller: Caller,
@@ -164,23 +164,25 @@ impl Session {
     /// The session's loop. It uses the socket whole, not split into a sink
     /// and a stream: it reads or writes, never both at once, and a split
     /// would take a lock on every read, write and flush.
-    async fn run(mut self, mut socket: WebSocket) {
+    async fn run(mut self, mut socket: Socket) {
         let shutdown = self.state.hub.shutdown_signal();
         let keepalive = self.state.config.keepalive;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let mut awaiting_pong = false;
         loop {
             // A socket with a subscription learns of shutdown from it
-            // (`End::Closed`), which it polls anyway: polling the shutdown
-            // token on every wake-up as well would lock the one mutex that
-            // every session shares.
+            // (`End::Closed`), and of being cut off (`End::CutOff`, once
+            // it has sent what its mailbox held), which it polls anyway:
+            // polling the shutdown token on every wake-up as well would
+            // lock the one mutex that every session shares, and the cut-off
+            // token's would be taken as often. Only a send that waits for
+            // room watches the cut-off token, below.
             let subscribed = self.subscription.is_some();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !subscribed => {
                     Step::Close(GOING_AWAY, "the hub is shutting down")
                 }
-                _ = self.cut_off.cancelled() => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                 _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
                 message = socket.next() => match message {
                     None => Step::Stop(Reason::Closed),
@@ -197,7 +199,9 @@ impl Session {
                     }
                     // Pings are answered by the WebSocket library itself.
                     Some(Ok(Message::Ping(_))) => Step::Nothing,
-                    Some(Err(error)) if is_too_big(&error) => {
+                    // Never read, only sent.
+                    Some(Ok(Message::Frame(_))) => Step::Nothing,
+                    Some(Err(tungstenite::Error::Capacity(_))) => {
                         Step::Close(MESSAGE_TOO_BIG, "message larger than the limit (--max-body)")
                     }
                     Some(Err(_)) => Step::Stop(Reason::Error),
@@ -205,7 +209,8 @@ impl Session {
                 item = next_item(&mut self.subscription) => match item {
                     Ok(Item::Events(batch)) => {
                         self.presence.delivered(batch);
-                        Step::Deliver(batch.iter().map(|q| text_frame(&q.event)).collect())
+                        let frames = batch.iter().map(|q| q.event.ws_frame());
+                        Step::Deliver(Outgoing::new(frame::coalesce(frames)))
                     }
                     Ok(Item::Gap { requested, oldest }) => Step::Send(Message::Text(
                         frame::control_json(
@@ -225,11 +230,11 @@ impl Session {
                         Step::Close(POLICY_VIOLATION, "no answer to ping")
                     } else {
                         awaiting_pong = true;
-                        Step::Send(Message::Ping(Default::default()))
+                        Step::Send(Message::Ping(Bytes::new()))
                     }
                 }
             };
-            let messages = match step {
+            let (message, mut outgoing) = match step {
                 Step::Nothing => continue,
                 Step::Stop(reason) => {
                     self.presence.end(reason);
@@ -241,27 +246,28 @@ impl Session {
                     break;
                 }
                 Step::Close(code, reason) => {
-                    self.close(&mut socket, code, reason).await;
+                    self.close(&mut socket, None, code, reason).await;
                     break;
                 }
-                Step::Send(message) => vec![message],
-                Step::Deliver(messages) => messages,
+                Step::Send(message) => (Some(message), None),
+                Step::Deliver(outgoing) => (None, Some(outgoing)),
             };
-            let bytes = messages
-                .iter()
-                .map(|message| match message {
-                    Message::Text(text) => text.len(),
-                    _ => 0,
-                })
-                .sum();
-            // Frames queued with `feed` go out in as few writes as they fit
-            // in, at the flush. A stalled peer blocks the send; being cut off
-            // ends it, and the close frame goes out once the peer reads again.
-            let send = async {
-                for message in messages {
-                    socket.feed(message).await?;
+            // Bytes on the wire, frame headers included.
+            let bytes = match (&message, &outgoing) {
+                (Some(Message::Text(text)), _) => {
+                    frame::ws_text_header(text.len()).as_bytes().len() + text.len()
                 }
-                socket.flush().await
+                (_, Some(outgoing)) => outgoing.len(),
+                _ => 0,
+            };
+            // A stalled peer blocks the send; being cut off ends it, and the
+            // close frame goes out once the peer reads again.
+            let send = async {
+                match (message, &mut outgoing) {
+                    (Some(message), _) => socket.send(message).await,
+                    (None, Some(outgoing)) => outgoing.write(&mut socket).await,
+                    (None, None) => Ok(()),
+                }
             };
             tokio::select! {
                 // The send first: it usually completes at once, and the
@@ -275,15 +281,26 @@ impl Session {
                     }
                 },
                 _ = self.cut_off.cancelled() => {
-                    self.close(&mut socket, TRY_AGAIN_LATER, TOO_SLOW).await;
+                    let unfinished = outgoing.map(|mut outgoing| {
+                        outgoing.cut_short();
+                        outgoing
+                    });
+                    self.close(&mut socket, unfinished, TRY_AGAIN_LATER, TOO_SLOW).await;
                     break;
                 }
             }
         }
     }
 
-    /// Sends a close frame, with up to `CLOSE_GRACE` for it to go out.
-    async fn close(&mut self, socket: &mut WebSocket, code: u16, reason: &'static str) {
+    /// Sends a close frame, after the rest of a frame cut short, with up
+    /// to `CLOSE_GRACE` for them to go out.
+    async fn close(
+        &mut self,
+        socket: &mut Socket,
+        unfinished: Option<Outgoing>,
+        code: u16,
+        reason: &'static str,
+    ) {
         self.presence.end(match code {
             GOING_AWAY => Reason::Shutdown,
             TRY_AGAIN_LATER => Reason::Slow,
@@ -291,10 +308,16 @@ impl Session {
             _ => Reason::Error,
         });
         let frame = CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+        let closing = async {
+            if let Some(mut unfinished) = unfinished {
+                unfinished.write(socket).await?;
+            }
+            socket.send(Message::Close(Some(frame))).await
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
     }
 
     /// Carries out one command and returns the reply frame.
@@ -434,11 +457,6 @@ async fn open(
 const TOO_SLOW: &str = "too slow: fell behind its buffer; reconnect with last_event_id";
 const TOKEN_EXPIRED: &str = "the token expired: reconnect with a fresh one";
 
-/// An event as a text frame: its envelope JSON, shared, not copied.
-fn text_frame(event: &Event) -> Message {
-    Message::Text(Utf8Bytes::try_from(event.envelope_json()).expect("JSON is UTF-8"))
-}
-
 /// The next item of the socket's subscription; never, while it has none.
 async fn next_item(subscription: &mut Option<Subscription>) -> Result<Item<'_>, End> {
     match subscription {
@@ -462,11 +480,4 @@ fn refusal(metrics: &Metrics, op: Option<&str>, error: ApiError) -> Value {
         reply["error"]["retry_after"] = json!(seconds);
     }
     reply
-}
-
-/// Whether a read failed because a frame or message exceeded the size limit.
-fn is_too_big(error: &axum::Error) -> bool {
-    std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }

@@ -1,0 +1,126 @@
+//! Events' frames written straight onto a WebSocket's connection, under
+//! tungstenite: the frames are encoded once for every socket
+//! ([`crate::event::Event::ws_frame`]), and a batch of them goes out in one
+//! vectored write, where tungstenite would copy and frame each message for
+//! each socket.
+//!
+//! The catch is that tungstenite's frames and ours share one byte stream,
+//! so none may start inside another: tungstenite's queued frames (the
+//! answer to a ping) are flushed before ours, and a write of ours cut
+//! short (by the cut-off of a slow socket) keeps what it has not written,
+//! so that the frame it was in is finished before the close frame.
+
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Poll, ready};
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite;
+
+use super::handshake::Socket;
+use crate::http::writev;
+
+/// A batch of frames on its way, and how far it has been written.
+pub struct Outgoing {
+    /// Whole frames, as [`crate::frame::coalesce`] makes them of a batch.
+    chunks: Vec<Bytes>,
+    /// Bytes of `chunks` the socket has taken.
+    written: usize,
+}
+
+impl Outgoing {
+    pub fn new(chunks: Vec<Bytes>) -> Outgoing {
+        Outgoing { chunks, written: 0 }
+    }
+
+    /// The bytes of the batch.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// Writes what is left of the batch. If the future is dropped before
+    /// it ends, the batch knows how far it got.
+    pub async fn write(&mut self, socket: &mut Socket) -> tungstenite::Result<()> {
+        socket.flush().await?;
+        let Outgoing { chunks, written } = self;
+        let mut slices: Vec<IoSlice<'_>> = unwritten(chunks, *written).map(IoSlice::new).collect();
+        let mut slices = &mut slices[..];
+        let connection = socket.get_mut();
+        poll_fn(|cx| {
+            writev::poll_write_all(cx, &mut slices, |cx, slices| {
+                let n = ready!(Pin::new(&mut *connection).poll_write_vectored(cx, slices))?;
+                *written += n;
+                Poll::Ready(Ok(n))
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Drops the chunks that no byte of has been written: what is left is
+    /// the rest of the chunk the socket took a part of, which must go out
+    /// before any other frame.
+    pub fn cut_short(&mut self) {
+        let mut start = 0;
+        let begun = self.chunks.iter().take_while(|chunk| {
+            let begun = start < self.written;
+            start += chunk.len();
+            begun
+        });
+        let begun = begun.count();
+        self.chunks.truncate(begun);
+    }
+}
+
+/// What is left of `chunks` once their first `written` bytes are out.
+fn unwritten(chunks: &[Bytes], mut written: usize) -> impl Iterator<Item = &[u8]> {
+    chunks.iter().filter_map(move |chunk| {
+        let skip = written.min(chunk.len());
+        written -= skip;
+        (skip < chunk.len()).then(|| &chunk[skip..])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks() -> Vec<Bytes> {
+        [&b"abc"[..], b"de", b"fghi"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect()
+    }
+
+    fn rest(outgoing: &Outgoing) -> Vec<u8> {
+        unwritten(&outgoing.chunks, outgoing.written)
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn what_is_left_starts_after_what_was_written() {
+        let mut outgoing = Outgoing::new(chunks());
+        assert_eq!(outgoing.len(), 9);
+        for (written, left) in [(0, "abcdefghi"), (2, "cdefghi"), (3, "defghi"), (6, "ghi")] {
+            outgoing.written = written;
+            assert_eq!(rest(&outgoing), left.as_bytes(), "after {written}");
+        }
+        outgoing.written = 9;
+        assert!(rest(&outgoing).is_empty());
+    }
+
+    #[test]
+    fn cut_short_keeps_only_the_rest_of_a_begun_chunk() {
+        for (written, left) in [(0, ""), (1, "bc"), (3, ""), (4, "e"), (7, "hi"), (9, "")] {
+            let mut outgoing = Outgoing::new(chunks());
+            outgoing.written = written;
+            outgoing.cut_short();
+            assert_eq!(rest(&outgoing), left.as_bytes(), "after {written}");
+        }
+    }
+}
