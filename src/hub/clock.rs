@@ -6,16 +6,18 @@
 //! - The write tick ends each `write_delay` period: subscribers whose
 //!   events waited for it are woken to write them as one batch
 //!   ([`Fanout::tick`]).
-//! - The keep-alive tick counts quarters of `keepalive` on a watch channel;
-//!   a subscription that has sent nothing for [`KEEPALIVE_TICKS`] of them
-//!   sends a keep-alive, after a silence between `keepalive` and 1.25 times
-//!   that.
+//! - The keep-alive tick counts quarters of `keepalive` in every
+//!   subscriber's mailbox ([`Fanout::keepalive_tick`]); a subscription that
+//!   has sent nothing for [`KEEPALIVE_TICKS`] of them sends a keep-alive,
+//!   after a silence between `keepalive` and 1.25 times that.
+//!
+//! At shutdown the task closes every mailbox ([`Fanout::shut_down`]),
+//! which ends every subscription.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -31,18 +33,15 @@ pub const KEEPALIVE_TICKS: u64 = TICKS_PER_KEEPALIVE as u64 + 1;
 
 /// Starts the write tick (unless `write_delay` is zero) and the keep-alive
 /// tick on `runtime`, where the subscribers they wake run; both end with
-/// `shutdown`, and the keep-alive tick's sender with them, which tells
-/// every subscription that the hub is shutting down. Returns the
-/// keep-alive tick's receiver, for subscriptions to clone.
+/// `shutdown`, which the task then passes on to every subscription.
 pub fn start(
     runtime: &Handle,
     fanout: Arc<Fanout>,
     write_delay: Duration,
     keepalive: Duration,
     shutdown: CancellationToken,
-) -> (watch::Receiver<u64>, JoinHandle<()>) {
-    let (keepalive_tx, keepalive_rx) = watch::channel(0u64);
-    let task = runtime.spawn(async move {
+) -> JoinHandle<()> {
+    runtime.spawn(async move {
         let mut write_tick = (!write_delay.is_zero()).then(|| every(write_delay));
         let mut keepalive_tick = every(keepalive / TICKS_PER_KEEPALIVE);
         // The first tick of an interval is immediate: skip it.
@@ -53,11 +52,11 @@ pub fn start(
                 _ = async { write_tick.as_mut()?.tick().await; Some(()) }, if write_tick.is_some() => {
                     fanout.tick();
                 }
-                _ = keepalive_tick.tick() => keepalive_tx.send_modify(|tick| *tick += 1),
+                _ = keepalive_tick.tick() => fanout.keepalive_tick(),
             }
         }
-    });
-    (keepalive_rx, task)
+        fanout.shut_down();
+    })
 }
 
 fn every(period: Duration) -> tokio::time::Interval {

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use super::mailbox::Queued;
-use super::mailbox::{Mailbox, Pushed};
+use super::mailbox::{Ending, Mailbox, Pushed};
 use crate::event::{Event, EventId};
 use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
@@ -100,6 +100,8 @@ struct Registry {
     tick: u64,
     /// Mailboxes with events queued in this tick, to wake at the next.
     deferred: Vec<Arc<Mailbox>>,
+    /// The hub is shutting down (see [`Fanout::shut_down`]).
+    shut: bool,
 }
 
 /// The live subscriber registry.
@@ -132,6 +134,7 @@ impl Fanout {
                 head,
                 tick: 0,
                 deferred: Vec::new(),
+                shut: false,
             }),
             metrics,
             write_delay,
@@ -151,6 +154,9 @@ impl Fanout {
     ) -> Registration {
         let mailbox = Arc::new(Mailbox::new(buffer));
         let mut reg = self.registry.lock();
+        if reg.shut {
+            mailbox.close(Ending::Shutdown);
+        }
         let id = reg.next_id;
         reg.next_id += 1;
         reg.index(id, &mailbox, &filter);
@@ -204,7 +210,7 @@ impl Fanout {
             .collect();
         for id in &ids {
             if let Some(sub) = reg.remove(*id) {
-                sub.mailbox.close();
+                sub.mailbox.close(Ending::CutOff);
                 sub.on_cut_off.cancel();
             }
         }
@@ -256,7 +262,7 @@ impl Fanout {
                         remote = ?info.remote_addr,
                         "subscriber fell behind its buffer and was disconnected"
                     );
-                    sub.mailbox.close();
+                    sub.mailbox.close(Ending::CutOff);
                     sub.on_cut_off.cancel();
                 }
             }
@@ -271,6 +277,26 @@ impl Fanout {
         reg.tick += 1;
         for mailbox in reg.deferred.drain(..) {
             mailbox.wake_deferred(reg.tick);
+        }
+    }
+
+    /// Counts a keep-alive tick in every mailbox (see `hub::clock`); the
+    /// subscribers silent for long enough wake to send a keep-alive. One
+    /// pass under the registry's lock, a few nanoseconds a subscriber,
+    /// once per quarter of `keepalive`.
+    pub fn keepalive_tick(&self) {
+        for sub in self.registry.lock().subscribers.values() {
+            sub.mailbox.keepalive_tick();
+        }
+    }
+
+    /// Ends every subscription, and any opened from now on, for the hub is
+    /// shutting down.
+    pub fn shut_down(&self) {
+        let mut reg = self.registry.lock();
+        reg.shut = true;
+        for sub in reg.subscribers.values() {
+            sub.mailbox.close(Ending::Shutdown);
         }
     }
 

@@ -10,6 +10,12 @@
 //! transport writes as one frame. The queue and the waking rule share one
 //! lock, so a push touches one place in memory. The queue holds no memory
 //! while empty: an idle subscriber costs a few words here.
+//!
+//! The mailbox is also how the hub's keep-alive tick and its shutdown reach
+//! the subscriber (see `hub::clock`), so that a waiting subscriber waits on
+//! this one waker alone: a second thing to wait on (a watch channel, a
+//! token) would register and unregister a waiter under a lock of its own
+//! on every wake-up.
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -17,6 +23,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::clock::KEEPALIVE_TICKS;
 use crate::event::Event;
 
 /// An event on its way to a subscriber. A live one carries when the fan-out
@@ -48,8 +55,13 @@ pub struct Mailbox {
 #[derive(Default)]
 struct State {
     events: Vec<Queued>,
-    /// No more events will come (the subscriber was cut off).
-    closed: bool,
+    /// No more events will come, and why.
+    ended: Option<Ending>,
+    /// Keep-alive ticks since the subscriber last sent something.
+    quiet: u64,
+    /// `quiet` reached [`KEEPALIVE_TICKS`]: the subscriber sends a
+    /// keep-alive.
+    keepalive_due: bool,
     /// The subscriber's task, while it waits for events.
     waker: Option<Waker>,
     /// The last `write_delay` tick in which the subscriber was woken (plus
@@ -59,12 +71,25 @@ struct State {
     deferred: bool,
 }
 
+/// Why a mailbox takes no more events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The subscriber was cut off: it takes what is queued first.
+    CutOff,
+    /// The hub is shutting down: queued events are left behind.
+    Shutdown,
+}
+
 /// What the subscriber finds in its mailbox.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Taken {
     /// Events are in the batch given to `poll_take`.
     Events,
-    /// Cut off, and everything queued before has been taken.
-    Closed,
+    /// Nothing has been sent for [`KEEPALIVE_TICKS`] keep-alive ticks.
+    KeepAlive,
+    /// The mailbox ended; after a cut-off, everything queued before has
+    /// been taken.
+    Ended(Ending),
 }
 
 impl Mailbox {
@@ -80,6 +105,10 @@ impl Mailbox {
     /// a tick (`write_delay` zero).
     pub fn push(&self, queued: Queued, tick: Option<u64>) -> Pushed {
         let mut state = self.state.lock();
+        if state.ended.is_some() {
+            // Nobody will take it: the subscription is ending.
+            return Pushed::Queued;
+        }
         if state.events.len() >= self.capacity {
             return Pushed::Full;
         }
@@ -113,10 +142,11 @@ impl Mailbox {
         }
     }
 
-    /// Ends the mailbox: the subscriber takes what is queued, then `Closed`.
-    pub fn close(&self) {
+    /// Ends the mailbox (the first ending stays): after a cut-off the
+    /// subscriber takes what is queued, then `Ended`.
+    pub fn close(&self, ending: Ending) {
         let mut state = self.state.lock();
-        state.closed = true;
+        state.ended.get_or_insert(ending);
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -124,17 +154,58 @@ impl Mailbox {
         }
     }
 
+    /// Whether the hub is shutting down, for a subscriber that is not
+    /// waiting here (one that replays from the log).
+    pub fn is_shut(&self) -> bool {
+        self.state.lock().ended == Some(Ending::Shutdown)
+    }
+
+    /// Counts a keep-alive tick: one that ends [`KEEPALIVE_TICKS`] of them
+    /// without a send wakes the subscriber to send a keep-alive.
+    pub fn keepalive_tick(&self) {
+        let mut state = self.state.lock();
+        state.quiet += 1;
+        if state.quiet < KEEPALIVE_TICKS || state.keepalive_due {
+            return;
+        }
+        state.keepalive_due = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The subscriber sent something that did not come from here (a page
+    /// of its replay): the silence starts again.
+    pub fn sent(&self) {
+        let mut state = self.state.lock();
+        state.quiet = 0;
+        state.keepalive_due = false;
+    }
+
     /// Swaps everything queued into `batch` (which must be empty, and
-    /// whose allocation the mailbox keeps for the next events), or waits.
+    /// whose allocation the mailbox keeps for the next events), or a due
+    /// keep-alive, or the ending, or waits. Taking events or a keep-alive
+    /// counts as a send.
     pub fn poll_take(&self, cx: &mut Context<'_>, batch: &mut Vec<Queued>) -> Poll<Taken> {
         debug_assert!(batch.is_empty());
         let mut state = self.state.lock();
+        if state.ended == Some(Ending::Shutdown) {
+            return Poll::Ready(Taken::Ended(Ending::Shutdown));
+        }
         if !state.events.is_empty() {
+            state.quiet = 0;
+            state.keepalive_due = false;
             std::mem::swap(&mut state.events, batch);
             return Poll::Ready(Taken::Events);
         }
-        if state.closed {
-            return Poll::Ready(Taken::Closed);
+        if let Some(ending) = state.ended {
+            return Poll::Ready(Taken::Ended(ending));
+        }
+        if std::mem::take(&mut state.keepalive_due) {
+            state.quiet = 0;
+            return Poll::Ready(Taken::KeepAlive);
         }
         match &mut state.waker {
             Some(waker) => waker.clone_from(cx.waker()),
@@ -183,10 +254,10 @@ mod tests {
             assert_eq!(mailbox.push(queued(seq), None), Pushed::Queued);
         }
         assert_eq!(mailbox.push(queued(3), None), Pushed::Full, "bounded");
-        assert!(matches!(
+        assert_eq!(
             mailbox.poll_take(&mut cx, &mut batch),
             Poll::Ready(Taken::Events)
-        ));
+        );
         let seqs: Vec<u64> = batch.iter().map(|q| q.event.id.seq).collect();
         assert_eq!(seqs, [0, 1, 2]);
         assert_eq!(mailbox.len(), 0);
@@ -200,16 +271,34 @@ mod tests {
         let mut cx = Context::from_waker(noop_waker_ref());
         let mut batch = Vec::new();
         mailbox.push(queued(0), None);
-        mailbox.close();
-        assert!(matches!(
+        mailbox.close(Ending::CutOff);
+        mailbox.close(Ending::Shutdown);
+        assert!(!mailbox.is_shut(), "the first ending stays");
+        assert_eq!(
             mailbox.poll_take(&mut cx, &mut batch),
             Poll::Ready(Taken::Events)
-        ));
+        );
         batch.clear();
-        assert!(matches!(
+        assert_eq!(
             mailbox.poll_take(&mut cx, &mut batch),
-            Poll::Ready(Taken::Closed)
-        ));
+            Poll::Ready(Taken::Ended(Ending::CutOff))
+        );
+    }
+
+    #[test]
+    fn at_shutdown_queued_events_are_left_behind() {
+        let mailbox = Mailbox::new(10);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut batch = Vec::new();
+        mailbox.push(queued(0), None);
+        mailbox.close(Ending::Shutdown);
+        assert!(mailbox.is_shut());
+        assert_eq!(
+            mailbox.poll_take(&mut cx, &mut batch),
+            Poll::Ready(Taken::Ended(Ending::Shutdown))
+        );
+        assert_eq!(mailbox.push(queued(1), None), Pushed::Queued);
+        assert!(batch.is_empty());
     }
 
     /// Counts the wake-ups of a task.
@@ -277,5 +366,48 @@ mod tests {
             batch.clear();
         }
         assert_eq!(wakes.count(), 3);
+    }
+
+    #[test]
+    fn a_keepalive_is_due_after_keepalive_ticks_without_a_send() {
+        let (mailbox, wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = Vec::new();
+        let quiet = |mailbox: &Mailbox, ticks: u64| {
+            for _ in 0..ticks {
+                mailbox.keepalive_tick();
+            }
+        };
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        quiet(&mailbox, KEEPALIVE_TICKS - 1);
+        assert_eq!(wakes.count(), 0);
+        mailbox.keepalive_tick();
+        assert_eq!(wakes.count(), 1, "woken for a keep-alive");
+        assert_eq!(
+            mailbox.poll_take(&mut cx, &mut batch),
+            Poll::Ready(Taken::KeepAlive)
+        );
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+
+        // Taking events, or a send of the subscriber's own, starts the
+        // silence again.
+        quiet(&mailbox, KEEPALIVE_TICKS - 1);
+        mailbox.push(queued(0), None);
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+        batch.clear();
+        quiet(&mailbox, KEEPALIVE_TICKS - 1);
+        mailbox.sent();
+        quiet(&mailbox, KEEPALIVE_TICKS - 1);
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+
+        // Events due with a keep-alive go instead of it.
+        quiet(&mailbox, 1);
+        mailbox.push(queued(1), None);
+        assert_eq!(
+            mailbox.poll_take(&mut cx, &mut batch),
+            Poll::Ready(Taken::Events)
+        );
+        batch.clear();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
     }
 }

@@ -57,8 +57,6 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     storage: &'static str,
     subscriber_buffer: usize,
-    /// The shared keep-alive tick (see `clock`).
-    keepalive: tokio::sync::watch::Receiver<u64>,
     /// Where subscribers' streams are written (see [`delivery_runtime`]).
     delivery: Handle,
     shutdown: CancellationToken,
@@ -113,7 +111,7 @@ impl Hub {
             .as_ref()
             .map_or_else(|| log.stats().head, |feed| feed.after);
         let fanout = Arc::new(Fanout::new(head, metrics.clone(), config.write_delay));
-        let (keepalive, clock_task) = clock::start(
+        let clock_task = clock::start(
             &delivery,
             fanout.clone(),
             config.write_delay,
@@ -134,7 +132,6 @@ impl Hub {
             metrics,
             storage: config.storage.name(),
             subscriber_buffer: config.subscriber_buffer,
-            keepalive,
             delivery,
             shutdown: shutdown.clone(),
             started: Instant::now(),
@@ -177,7 +174,6 @@ impl Hub {
             self.log.clone(),
             self.fanout.clone(),
             self.subscriber_buffer,
-            self.keepalive.clone(),
         );
         subscription.read_ahead().await;
         subscription

@@ -16,12 +16,10 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::clock::KEEPALIVE_TICKS;
 use super::fanout::{ClientInfo, Fanout};
-use super::mailbox::{Mailbox, Queued, Taken};
+use super::mailbox::{Ending, Mailbox, Queued, Taken};
 use crate::event::EventId;
 use crate::log::{EventLog, ReadRequest};
 use crate::topic::TopicFilter;
@@ -87,14 +85,6 @@ pub struct Subscription {
     /// the next is asked for.
     batch: Vec<Queued>,
     replay: Option<Replay>,
-    /// The hub's keep-alive tick (see `hub::clock`), shared by every
-    /// subscription instead of a timer each. Its sender goes when the hub
-    /// shuts down, which ends the subscription: a watch channel's receivers
-    /// share no lock, where polling the shutdown token on every wake-up
-    /// would lock one mutex that every subscription shares.
-    keepalive: watch::Receiver<u64>,
-    /// The keep-alive tick during which something was last sent.
-    sent_in: u64,
     /// The batch holds a replay page that a gap item went out before: it
     /// is the next item.
     after_gap: bool,
@@ -133,7 +123,6 @@ impl Subscription {
         log: Arc<dyn EventLog>,
         fanout: Arc<Fanout>,
         buffer: usize,
-        mut keepalive: watch::Receiver<u64>,
     ) -> Subscription {
         let filter = Arc::new(request.filter);
         let registration = fanout.register(
@@ -156,7 +145,6 @@ impl Subscription {
             until: registration.head,
             done: false,
         });
-        let sent_in = *keepalive.borrow_and_update();
         Subscription {
             id: registration.id,
             log,
@@ -166,8 +154,6 @@ impl Subscription {
             mailbox: registration.mailbox,
             batch: Vec::new(),
             replay,
-            keepalive,
-            sent_in,
             after_gap: false,
             read_ahead: None,
         }
@@ -218,32 +204,15 @@ impl Subscription {
                     Paged::Empty => continue,
                 }
             }
-            let Subscription {
-                mailbox,
-                batch,
-                keepalive,
-                ..
-            } = self;
-            tokio::select! {
-                biased;
-                // First: at shutdown the stream ends, events pending or not.
-                changed = keepalive.changed() => {
-                    let Ok(()) = changed else {
-                        return Err(End::Closed);
-                    };
-                    let tick = *keepalive.borrow_and_update();
-                    if tick >= self.sent_in + KEEPALIVE_TICKS {
-                        self.sent_in = tick;
-                        return Ok(Item::KeepAlive);
-                    }
-                }
-                taken = poll_fn(|cx| mailbox.poll_take(cx, batch)) => {
-                    return match taken {
-                        Taken::Events => Ok(self.deliver()),
-                        Taken::Closed => Err(End::CutOff),
-                    };
-                }
-            }
+            // Live events, keep-alives and the ending all come through
+            // the mailbox: one waker to wait on (see `hub::mailbox`).
+            let Subscription { mailbox, batch, .. } = self;
+            return match poll_fn(|cx| mailbox.poll_take(cx, batch)).await {
+                Taken::Events => Ok(self.deliver()),
+                Taken::KeepAlive => Ok(Item::KeepAlive),
+                Taken::Ended(Ending::CutOff) => Err(End::CutOff),
+                Taken::Ended(Ending::Shutdown) => Err(End::Closed),
+            };
         }
     }
 
@@ -253,7 +222,7 @@ impl Subscription {
             return Ok(Paged::Empty);
         };
         // Checked between pages: a long replay stops at shutdown.
-        if self.keepalive.has_changed().is_err() {
+        if self.mailbox.is_shut() {
             return Err(End::Closed);
         }
         if replay.done {
@@ -289,6 +258,10 @@ impl Subscription {
             event,
             dispatched: None,
         }));
+        if !self.batch.is_empty() || page.gap.is_some() {
+            // What this page sends keeps the connection alive.
+            self.mailbox.sent();
+        }
         if let (Some(gap), Some(requested)) = (page.gap, requested) {
             self.fanout.metrics().gaps.inc();
             self.after_gap = !self.batch.is_empty();
@@ -314,7 +287,6 @@ impl Subscription {
                 .fetch_add(received, Ordering::Relaxed);
             *self.info.last_event_id.lock() = Some(last.event.id);
         }
-        self.sent_in = *self.keepalive.borrow();
         Item::Events(batch)
     }
 }
