@@ -4,7 +4,7 @@
 # scenarios, run by the same client against both hubs, one after the other
 # in the same run.
 #
-#   bash bench/nchan.sh                     # about 8 minutes after the build
+#   bash bench/nchan.sh                     # about 12 minutes after the build
 #   REPEAT=1 DURATION=3s bash bench/nchan.sh
 #   ONLY=idle bash bench/nchan.sh           # the scenarios whose title has "idle"
 #
@@ -30,8 +30,11 @@ REPEAT="${REPEAT:-3}"
 # Only the scenarios whose title contains this text (all by default).
 ONLY="${ONLY:-}"
 DURATION="${DURATION:-5s}"
-# Enough publishers that a publish's round trip does not cap the rate: each
-# publisher waits for its answer before its next publish.
+# Enough publishers that a publish's round trip does not cap Sluice's rate:
+# each publisher waits for its answer before its next publish. (nchan
+# answers a publish once it has written it to its subscribers, so its rate
+# depends on their number: the scenarios with "publishers" in their title
+# try others.)
 PUBLISHERS="${PUBLISHERS:-16}"
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 
@@ -201,9 +204,21 @@ measure() {
 }
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
-FANOUT=(fanout --rate 1000 --size 100 --publishers "$PUBLISHERS" --duration "$DURATION")
+FANOUT=(fanout --size 100 --duration "$DURATION")
+SSE_1000=("${FANOUT[@]}" --rate 1000 -n 1000 --transport sse)
 measure "1,000 SSE subscribers, 1 topic" sluice,nchan,sluice_nodelay,sluice_delay20,sluice_delay40 -- \
-  "${FANOUT[@]}" -n 1000 --transport sse
+  "${SSE_1000[@]}" --publishers "$PUBLISHERS"
+# The same with other numbers of publishers, and at 6,000 events/s: what
+# each hub delivers when the offered load does not cap it.
+for publishers in 1 4 64; do
+  label="$publishers publishers"
+  [ "$publishers" = 1 ] && label="1 publisher"
+  measure "1,000 SSE subscribers, 1 topic, $label" sluice,nchan -- \
+    "${SSE_1000[@]}" --publishers "$publishers"
+done
+measure "1,000 SSE subscribers, 1 topic, 6,000 events/s, 64 publishers" sluice,nchan -- \
+  "${FANOUT[@]}" --rate 6000 -n 1000 --transport sse --publishers 64
+FANOUT+=(--rate 1000 --publishers "$PUBLISHERS")
 measure "1,000 WebSocket subscribers, 1 topic" sluice,nchan -- "${FANOUT[@]}" -n 1000 --transport ws
 # nchan has no NDJSON subscribers.
 measure "1,000 NDJSON subscribers, 1 topic" sluice -- "${FANOUT[@]}" -n 1000 --transport ndjson
