@@ -269,6 +269,79 @@ async fn bad_upgrades_are_plain_http_errors() {
         }
         other => panic!("expected a 400, got {other:?}"),
     }
+
+    // Each part of the opening handshake is checked (RFC 6455, 4.2.1).
+    let good = [
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for (name, bad, why) in [
+        (
+            "connection",
+            Some("keep-alive"),
+            "`Connection` must list `upgrade`",
+        ),
+        ("upgrade", Some("h2c"), "`Upgrade` must be `websocket`"),
+        (
+            "sec-websocket-version",
+            Some("8"),
+            "`Sec-WebSocket-Version` must be 13",
+        ),
+        ("sec-websocket-key", None, "`Sec-WebSocket-Key` is missing"),
+    ] {
+        let mut request = common::client().get(hub.at("/ws?topics=a"));
+        for (header, value) in good {
+            if header != name {
+                request = request.header(header, value);
+            } else if let Some(bad) = bad {
+                request = request.header(header, bad);
+            }
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "{name}: {bad:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "websocket_required", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.ends_with(why), "{name}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_answers_with_the_rfc_accept_key() {
+    let hub = Hub::start(&[]).await;
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let head = tokio::task::spawn_blocking(move || {
+        let mut raw = std::net::TcpStream::connect(&addr).unwrap();
+        // The sample handshake of RFC 6455, section 1.3.
+        write!(
+            raw,
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        raw.set_read_timeout(Some(WAIT)).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            raw.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap().to_ascii_lowercase()
+    })
+    .await
+    .unwrap();
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
 }
 
 #[tokio::test]
