@@ -422,6 +422,39 @@ async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing
     assert!(received.len() >= RECONNECTS * 5);
 }
 
+/// A socket kept busy by its subscription still reads its client's
+/// frames: here a replay of 40,000 events, whose pages come one after the
+/// other without a pause, and a command sent as it starts.
+#[tokio::test]
+async fn a_command_is_answered_in_the_middle_of_a_long_replay() {
+    const EVENTS: usize = 40_000;
+    let hub = Hub::start(&["--history-max-events", "100000"]).await;
+    for batch in 0..EVENTS / 1000 {
+        let body: String = (0..1000)
+            .map(|i| format!("{{\"topic\":\"long\",\"data\":\"{batch}-{i}\"}}\n"))
+            .collect();
+        hub.publish_batch(body).await;
+    }
+    let mut socket = connect(&hub, "/ws?topics=long&last_event_id=earliest").await;
+    socket
+        .send(Message::text(json!({"op": "ping"}).to_string()))
+        .await
+        .unwrap();
+    let mut events = 0;
+    loop {
+        let frame = next_json(&mut socket).await;
+        if frame["op"] == "pong" {
+            break;
+        }
+        assert_eq!(frame["topic"], "long", "{frame}");
+        events += 1;
+    }
+    assert!(
+        events < EVENTS,
+        "the reply waited for the whole replay ({events} events)"
+    );
+}
+
 #[tokio::test]
 async fn the_server_pings_and_closes_peers_that_do_not_answer() {
     let hub = Hub::start(&["--keepalive", "1s"]).await;

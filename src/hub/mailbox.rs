@@ -57,11 +57,9 @@ struct State {
     events: Vec<Queued>,
     /// No more events will come, and why.
     ended: Option<Ending>,
-    /// Keep-alive ticks since the subscriber last sent something.
+    /// Keep-alive ticks since the subscriber last sent something: at
+    /// [`KEEPALIVE_TICKS`], it sends a keep-alive.
     quiet: u64,
-    /// `quiet` reached [`KEEPALIVE_TICKS`]: the subscriber sends a
-    /// keep-alive.
-    keepalive_due: bool,
     /// The subscriber's task, while it waits for events.
     waker: Option<Waker>,
     /// The last `write_delay` tick in which the subscriber was woken (plus
@@ -165,10 +163,9 @@ impl Mailbox {
     pub fn keepalive_tick(&self) {
         let mut state = self.state.lock();
         state.quiet += 1;
-        if state.quiet < KEEPALIVE_TICKS || state.keepalive_due {
+        if state.quiet != KEEPALIVE_TICKS {
             return;
         }
-        state.keepalive_due = true;
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -179,9 +176,7 @@ impl Mailbox {
     /// The subscriber sent something that did not come from here (a page
     /// of its replay): the silence starts again.
     pub fn sent(&self) {
-        let mut state = self.state.lock();
-        state.quiet = 0;
-        state.keepalive_due = false;
+        self.state.lock().quiet = 0;
     }
 
     /// Swaps everything queued into `batch` (which must be empty, and
@@ -196,14 +191,13 @@ impl Mailbox {
         }
         if !state.events.is_empty() {
             state.quiet = 0;
-            state.keepalive_due = false;
             std::mem::swap(&mut state.events, batch);
             return Poll::Ready(Taken::Events);
         }
         if let Some(ending) = state.ended {
             return Poll::Ready(Taken::Ended(ending));
         }
-        if std::mem::take(&mut state.keepalive_due) {
+        if state.quiet >= KEEPALIVE_TICKS {
             state.quiet = 0;
             return Poll::Ready(Taken::KeepAlive);
         }
