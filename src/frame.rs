@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json, value::RawValue};
+use smallvec::SmallVec;
 
 use crate::event::{EventId, format_time, now_ms};
 
@@ -168,12 +169,17 @@ const COPY_MAX: usize = 4096;
 /// The most bytes [`coalesce`] copies into one buffer.
 const RUN_MAX: usize = 64 * 1024;
 
+/// A batch's chunks, as [`coalesce`] makes them.
+pub type Chunks = SmallVec<[Bytes; 2]>;
+
 /// A batch of frames as the chunks to write: consecutive small frames are
 /// copied into one buffer, so that a batch goes out as one chunk of the
 /// response body and one socket write (each chunk costs HTTP framing and a
 /// pass through hyper, far more than copying a few hundred bytes); a large
 /// frame stays the shared buffer it is. A batch of one frame is not copied.
-pub fn coalesce<'a>(frames: impl ExactSizeIterator<Item = &'a Bytes> + Clone) -> Vec<Bytes> {
+/// The chunks are held inline up to two: a batch of one frame, or of small
+/// ones, costs no allocation beyond the copy.
+pub fn coalesce<'a>(frames: impl ExactSizeIterator<Item = &'a Bytes> + Clone) -> Chunks {
     if frames.len() == 1 {
         return frames.cloned().collect();
     }
@@ -183,7 +189,7 @@ pub fn coalesce<'a>(frames: impl ExactSizeIterator<Item = &'a Bytes> + Clone) ->
         .filter(|&len| len <= COPY_MAX)
         .sum();
     let mut run = BytesMut::with_capacity(small.min(RUN_MAX));
-    let mut chunks = Vec::new();
+    let mut chunks = Chunks::new();
     for frame in frames {
         if frame.len() > COPY_MAX || run.len() + frame.len() > RUN_MAX {
             if !run.is_empty() {

@@ -18,6 +18,8 @@ pub mod log;
 pub mod metrics;
 pub mod producers;
 pub mod server;
+#[cfg(test)]
+mod test_alloc;
 pub mod tls;
 pub mod topic;
 pub mod validate;

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::subscribe::{Feed, Stop};
-use super::writev;
+use super::writev::{self, Slices};
 
 /// A subscription's feed in its response's extensions (whose values must
 /// be `Clone`), for the connection to take.
@@ -178,8 +178,20 @@ async fn send(
     before: &[u8],
     chunks: &[Bytes],
 ) -> io::Result<()> {
-    let len: usize = chunks.iter().map(Bytes::len).sum();
     let mut size = [0u8; 20];
+    let mut slices = chunk_slices(&mut size, before, chunks)?;
+    write_all(socket, close, &mut slices).await
+}
+
+/// The slices of `before`, then of `chunks` as one chunk of the body: its
+/// size line (written into `size`), the chunks, its CRLF. Held inline
+/// ([`Slices`]): writing a batch allocates nothing.
+fn chunk_slices<'a>(
+    size: &'a mut [u8; 20],
+    before: &'a [u8],
+    chunks: &'a [Bytes],
+) -> io::Result<Slices<'a>> {
+    let len: usize = chunks.iter().map(Bytes::len).sum();
     let mut line = &mut size[..];
     write!(line, "{len:x}\r\n")?;
     let written = 20 - line.len();
@@ -189,12 +201,11 @@ async fn send(
             .chain(chunks.iter().map(|chunk| &chunk[..]))
             .chain([&b"\r\n"[..]]),
     );
-    let mut slices: Vec<IoSlice<'_>> = std::iter::once(before)
+    Ok(std::iter::once(before)
         .chain(chunk.into_iter().flatten())
         .filter(|slice| !slice.is_empty())
         .map(IoSlice::new)
-        .collect();
-    write_all(socket, close, &mut slices).await
+        .collect())
 }
 
 /// Writes `slices` in as few system calls as the socket takes. A cut-off
@@ -248,6 +259,24 @@ async fn hung_up(socket: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_one_chunk_whose_slices_need_no_allocation() {
+        let chunks = [Bytes::from_static(b"data: 1\n\n"), Bytes::from_static(b"x")];
+        let mut size = [0u8; 20];
+        let before = crate::test_alloc::allocations();
+        let slices = chunk_slices(&mut size, b"", &chunks).unwrap();
+        assert_eq!(crate::test_alloc::allocations(), before);
+        let bytes: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(bytes, b"a\r\ndata: 1\n\nx\r\n");
+        let mut size = [0u8; 20];
+        let empty = chunk_slices(&mut size, b"head", &[]).unwrap();
+        assert_eq!(
+            empty.len(),
+            1,
+            "no chunk for no bytes: a zero-size chunk ends the body"
+        );
+    }
 
     #[test]
     fn the_head_frames_the_body_and_closes_the_connection() {

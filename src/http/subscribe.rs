@@ -16,13 +16,14 @@ use chrono::Utc;
 use futures_util::future::{Either, ready};
 use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
+use smallvec::smallvec;
 use tokio_util::sync::CancellationToken;
 
 use super::errors::ApiError;
 use super::{AppState, direct, ndjson, sse};
 use crate::auth::{Auth, Caller, Expiry};
 use crate::event::{Event, EventId};
-use crate::frame;
+use crate::frame::{self, Chunks};
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
@@ -329,7 +330,7 @@ impl Feed {
     }
 
     /// The chunks of the next item, as soon as there is one.
-    pub async fn next(&mut self) -> Result<Vec<Bytes>, Stop> {
+    pub async fn next(&mut self) -> Result<Chunks, Stop> {
         let encoding = self.encoding;
         let next = tokio::select! {
             biased;
@@ -345,8 +346,8 @@ impl Feed {
                 self.presence.delivered(batch);
                 chunks
             }
-            Ok(Item::Gap { requested, oldest }) => vec![encoding.gap(requested, oldest)],
-            Ok(Item::KeepAlive) => vec![encoding.keepalive()],
+            Ok(Item::Gap { requested, oldest }) => smallvec![encoding.gap(requested, oldest)],
+            Ok(Item::KeepAlive) => smallvec![encoding.keepalive()],
             Err(End::Closed) => return Err(Stop::Finished),
             Err(End::Failed) => {
                 self.presence.end(Reason::Error);

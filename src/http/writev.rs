@@ -5,6 +5,12 @@
 use std::io::{self, IoSlice};
 use std::task::{Context, Poll, ready};
 
+use smallvec::SmallVec;
+
+/// The slices of one write, held inline up to eight: a batch's chunks (see
+/// [`crate::frame::coalesce`]) and their framing, with no allocation.
+pub type Slices<'a> = SmallVec<[IoSlice<'a>; 8]>;
+
 /// Polls `write` (one vectored write attempt) until all of `slices` is
 /// written, advancing them past what each write took.
 pub fn poll_write_all(

@@ -243,14 +243,23 @@ impl Presence {
     pub fn delivered(&self, batch: &[Queued]) {
         self.meter.delivered.inc_by(batch.len() as u64);
         let mut live = batch.iter().filter_map(|q| q.dispatched).peekable();
-        if live.peek().is_some() {
-            let now = Instant::now();
-            let latency = self.lifecycle.metrics.fanout_latency.local();
-            for dispatched in live {
-                latency.observe(now.saturating_duration_since(dispatched).as_secs_f64());
-            }
-            latency.flush();
+        let Some(&first) = live.peek() else {
+            return;
+        };
+        let now = Instant::now();
+        let seconds = |dispatched| now.saturating_duration_since(dispatched).as_secs_f64();
+        let histogram = &self.lifecycle.metrics.fanout_latency;
+        if batch.len() == 1 {
+            // Straight into the shared histogram: a local one is an
+            // allocation, and saves nothing for one observation.
+            histogram.observe(seconds(first));
+            return;
         }
+        let latency = histogram.local();
+        for dispatched in live {
+            latency.observe(seconds(dispatched));
+        }
+        latency.flush();
     }
 
     /// Who the client is, in every lifecycle event.

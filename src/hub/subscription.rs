@@ -296,3 +296,93 @@ impl Drop for Subscription {
         self.fanout.unregister(self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::sync::atomic::AtomicU64;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use futures_util::task::noop_waker_ref;
+    use parking_lot::Mutex;
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::event::{Event, NewEvent};
+    use crate::frame;
+    use crate::hub::fanout::Transport;
+    use crate::log::memory::MemoryLog;
+    use crate::log::{Retention, RetentionRules};
+    use crate::metrics::Metrics;
+    use crate::test_alloc::allocations;
+
+    fn event(seq: u64) -> Arc<Event> {
+        let new = NewEvent {
+            topic: "t".into(),
+            kind: None,
+            data: RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
+            key: None,
+        };
+        let event = Event::new(EventId { ms: 1, seq }, chrono::Utc::now(), new);
+        // Encoded once per event, for all its subscribers.
+        event.sse_frame(false);
+        Arc::new(event)
+    }
+
+    /// The hot path's promise: once a subscriber's queues have grown, a
+    /// live event reaches it, from the fan-out to the chunk its transport
+    /// writes, without an allocation.
+    #[test]
+    fn a_live_event_reaches_its_subscriber_without_an_allocation() {
+        let metrics = Arc::new(Metrics::new("memory"));
+        let fanout = Arc::new(Fanout::new(EventId::ZERO, metrics, Duration::ZERO));
+        let retention = Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+        };
+        let log = Arc::new(MemoryLog::new(
+            RetentionRules::global(retention),
+            Duration::from_secs(60),
+        ));
+        let info = Arc::new(ClientInfo {
+            client_id: "c".into(),
+            client_name: None,
+            tags: Vec::new(),
+            transport: Transport::Sse,
+            remote_addr: None,
+            connected_at: chrono::Utc::now(),
+            events_received: AtomicU64::new(0),
+            last_event_id: Mutex::new(None),
+        });
+        let request = SubscribeRequest {
+            filter: TopicFilter::parse(["t"], 1).unwrap(),
+            resume: Resume::Live,
+            info,
+            on_cut_off: CancellationToken::new(),
+        };
+        let mut subscription = Subscription::open(request, log, fanout.clone(), 10);
+        let events: Vec<Arc<Event>> = (1..=100).map(event).collect();
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut deliver = |event: &Arc<Event>| {
+            fanout.dispatch(std::slice::from_ref(event));
+            let mut next = pin!(subscription.next());
+            let Poll::Ready(Ok(Item::Events(batch))) = next.as_mut().poll(&mut cx) else {
+                panic!("the event is there");
+            };
+            let chunks = frame::coalesce(batch.iter().map(|q| q.event.sse_frame(false)));
+            assert_eq!(chunks.len(), 1);
+            assert_eq!(&chunks[0], event.sse_frame(false));
+        };
+        // The mailbox's queue and the subscription's batch swap places at
+        // each take: two events give both their room.
+        deliver(&events[0]);
+        deliver(&events[1]);
+        let before = allocations();
+        for event in &events[2..] {
+            deliver(event);
+        }
+        assert_eq!(allocations() - before, 0, "for 98 events");
+    }
+}

@@ -21,18 +21,19 @@ use tokio::io::AsyncWrite;
 use tokio_tungstenite::tungstenite;
 
 use super::handshake::Socket;
-use crate::http::writev;
+use crate::frame::Chunks;
+use crate::http::writev::{self, Slices};
 
 /// A batch of frames on its way, and how far it has been written.
 pub struct Outgoing {
     /// Whole frames, as [`crate::frame::coalesce`] makes them of a batch.
-    chunks: Vec<Bytes>,
+    chunks: Chunks,
     /// Bytes of `chunks` the socket has taken.
     written: usize,
 }
 
 impl Outgoing {
-    pub fn new(chunks: Vec<Bytes>) -> Outgoing {
+    pub fn new(chunks: Chunks) -> Outgoing {
         Outgoing { chunks, written: 0 }
     }
 
@@ -46,7 +47,7 @@ impl Outgoing {
     pub async fn write(&mut self, socket: &mut Socket) -> tungstenite::Result<()> {
         socket.flush().await?;
         let Outgoing { chunks, written } = self;
-        let mut slices: Vec<IoSlice<'_>> = unwritten(chunks, *written).map(IoSlice::new).collect();
+        let mut slices: Slices<'_> = unwritten(chunks, *written).map(IoSlice::new).collect();
         let mut slices = &mut slices[..];
         let connection = socket.get_mut();
         poll_fn(|cx| {
@@ -88,7 +89,7 @@ fn unwritten(chunks: &[Bytes], mut written: usize) -> impl Iterator<Item = &[u8]
 mod tests {
     use super::*;
 
-    fn chunks() -> Vec<Bytes> {
+    fn chunks() -> Chunks {
         [&b"abc"[..], b"de", b"fghi"]
             .into_iter()
             .map(Bytes::from_static)
