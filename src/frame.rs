@@ -170,15 +170,16 @@ const COPY_MAX: usize = 4096;
 const RUN_MAX: usize = 64 * 1024;
 
 /// A batch's chunks, as [`coalesce`] makes them.
-pub type Chunks = SmallVec<[Bytes; 2]>;
+pub type Chunks = SmallVec<[Bytes; 1]>;
 
 /// A batch of frames as the chunks to write: consecutive small frames are
 /// copied into one buffer, so that a batch goes out as one chunk of the
 /// response body and one socket write (each chunk costs HTTP framing and a
 /// pass through hyper, far more than copying a few hundred bytes); a large
 /// frame stays the shared buffer it is. A batch of one frame is not copied.
-/// The chunks are held inline up to two: a batch of one frame, or of small
-/// ones, costs no allocation beyond the copy.
+/// A single chunk is held inline: a batch of one frame, or of small ones,
+/// costs no allocation beyond the copy. (Inline room for more would make
+/// every subscriber's task larger, idle or not.)
 pub fn coalesce<'a>(frames: impl ExactSizeIterator<Item = &'a Bytes> + Clone) -> Chunks {
     if frames.len() == 1 {
         return frames.cloned().collect();

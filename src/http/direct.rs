@@ -21,7 +21,7 @@
 //! HTTP/1.0 and `HEAD` keep hyper's writer.
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, Write as _};
 use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::SystemTime;
@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::subscribe::{Feed, Stop};
-use super::writev::{self, Slices};
+use super::writev;
 
 /// A subscription's feed in its response's extensions (whose values must
 /// be `Clone`), for the connection to take.
@@ -152,7 +152,7 @@ pub async fn write(socket: impl AsRef<TcpStream>, mut detached: Box<Detached>) {
             match feed.next().await {
                 Ok(chunks) => send(socket, close, b"", &chunks).await?,
                 Err(Stop::Finished) => {
-                    return write_all(socket, close, &mut [IoSlice::new(LAST_CHUNK)]).await;
+                    return write_all(socket, close, || std::iter::once(LAST_CHUNK)).await;
                 }
                 Err(Stop::Aborted) => return Ok(()),
             }
@@ -179,44 +179,46 @@ async fn send(
     chunks: &[Bytes],
 ) -> io::Result<()> {
     let mut size = [0u8; 20];
-    let mut slices = chunk_slices(&mut size, before, chunks)?;
-    write_all(socket, close, &mut slices).await
+    let size = size_line(&mut size, chunks)?;
+    write_all(socket, close, || chunk_parts(before, size, chunks)).await
 }
 
-/// The slices of `before`, then of `chunks` as one chunk of the body: its
-/// size line (written into `size`), the chunks, its CRLF. Held inline
-/// ([`Slices`]): writing a batch allocates nothing.
-fn chunk_slices<'a>(
-    size: &'a mut [u8; 20],
-    before: &'a [u8],
-    chunks: &'a [Bytes],
-) -> io::Result<Slices<'a>> {
+/// The size line of `chunks` as one chunk of the body, written into `size`.
+fn size_line<'a>(size: &'a mut [u8; 20], chunks: &[Bytes]) -> io::Result<&'a [u8]> {
     let len: usize = chunks.iter().map(Bytes::len).sum();
     let mut line = &mut size[..];
     write!(line, "{len:x}\r\n")?;
     let written = 20 - line.len();
-    let chunk = (len > 0).then_some(
-        [&size[..written]]
-            .into_iter()
-            .chain(chunks.iter().map(|chunk| &chunk[..]))
-            .chain([&b"\r\n"[..]]),
-    );
-    Ok(std::iter::once(before)
-        .chain(chunk.into_iter().flatten())
-        .filter(|slice| !slice.is_empty())
-        .map(IoSlice::new)
-        .collect())
+    Ok(&size[..written])
 }
 
-/// Writes `slices` in as few system calls as the socket takes. A cut-off
-/// (`close`) stops a write that waits for room.
-async fn write_all(
+/// `before`, then `chunks` as one chunk of the body: its size line, the
+/// chunks, its CRLF; nothing of the chunk when they are empty (a chunk of
+/// size zero ends the body).
+fn chunk_parts<'a>(
+    before: &'a [u8],
+    size: &'a [u8],
+    chunks: &'a [Bytes],
+) -> impl Iterator<Item = &'a [u8]> {
+    let chunk = chunks.iter().any(|chunk| !chunk.is_empty()).then(|| {
+        std::iter::once(size)
+            .chain(chunks.iter().map(|chunk| &chunk[..]))
+            .chain([&b"\r\n"[..]])
+    });
+    std::iter::once(before).chain(chunk.into_iter().flatten())
+}
+
+/// Writes `parts` in as few system calls as the socket takes (see
+/// [`writev::poll_write_all`]). A cut-off (`close`) stops a write that
+/// waits for room.
+async fn write_all<'a, P: Iterator<Item = &'a [u8]>>(
     socket: &TcpStream,
     close: &CancellationToken,
-    mut slices: &mut [IoSlice<'_>],
+    parts: impl Fn() -> P,
 ) -> io::Result<()> {
+    let mut written = 0;
     let writing = poll_fn(|cx| {
-        writev::poll_write_all(cx, &mut slices, |cx, slices| {
+        writev::poll_write_all(cx, &parts, &mut written, |cx, slices| {
             loop {
                 match socket.try_write_vectored(slices) {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -258,23 +260,28 @@ async fn hung_up(socket: &TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::IoSlice;
+
     use super::*;
 
     #[test]
-    fn a_batch_is_one_chunk_whose_slices_need_no_allocation() {
+    fn a_batch_is_one_chunk_whose_write_needs_no_allocation() {
         let chunks = [Bytes::from_static(b"data: 1\n\n"), Bytes::from_static(b"x")];
         let mut size = [0u8; 20];
+        let size = size_line(&mut size, &chunks).unwrap();
         let before = crate::test_alloc::allocations();
-        let slices = chunk_slices(&mut size, b"", &chunks).unwrap();
+        let slices: writev::Slices<'_> = chunk_parts(b"", size, &chunks)
+            .filter(|part| !part.is_empty())
+            .map(IoSlice::new)
+            .collect();
         assert_eq!(crate::test_alloc::allocations(), before);
         let bytes: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
         assert_eq!(bytes, b"a\r\ndata: 1\n\nx\r\n");
-        let mut size = [0u8; 20];
-        let empty = chunk_slices(&mut size, b"head", &[]).unwrap();
+        let empty: Vec<&[u8]> = chunk_parts(b"head", size, &[]).collect();
         assert_eq!(
-            empty.len(),
-            1,
-            "no chunk for no bytes: a zero-size chunk ends the body"
+            empty,
+            [b"head"],
+            "no chunk for no bytes: a chunk of size zero ends the body"
         );
     }
 

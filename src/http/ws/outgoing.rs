@@ -11,9 +11,7 @@
 //! so that the frame it was in is finished before the close frame.
 
 use std::future::poll_fn;
-use std::io::IoSlice;
 use std::pin::Pin;
-use std::task::{Poll, ready};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -22,7 +20,7 @@ use tokio_tungstenite::tungstenite;
 
 use super::handshake::Socket;
 use crate::frame::Chunks;
-use crate::http::writev::{self, Slices};
+use crate::http::writev;
 
 /// A batch of frames on its way, and how far it has been written.
 pub struct Outgoing {
@@ -47,14 +45,11 @@ impl Outgoing {
     pub async fn write(&mut self, socket: &mut Socket) -> tungstenite::Result<()> {
         socket.flush().await?;
         let Outgoing { chunks, written } = self;
-        let mut slices: Slices<'_> = unwritten(chunks, *written).map(IoSlice::new).collect();
-        let mut slices = &mut slices[..];
         let connection = socket.get_mut();
         poll_fn(|cx| {
-            writev::poll_write_all(cx, &mut slices, |cx, slices| {
-                let n = ready!(Pin::new(&mut *connection).poll_write_vectored(cx, slices))?;
-                *written += n;
-                Poll::Ready(Ok(n))
+            let parts = || chunks.iter().map(|chunk| &chunk[..]);
+            writev::poll_write_all(cx, parts, written, |cx, slices| {
+                Pin::new(&mut *connection).poll_write_vectored(cx, slices)
             })
         })
         .await?;
@@ -76,15 +71,6 @@ impl Outgoing {
     }
 }
 
-/// What is left of `chunks` once their first `written` bytes are out.
-fn unwritten(chunks: &[Bytes], mut written: usize) -> impl Iterator<Item = &[u8]> {
-    chunks.iter().filter_map(move |chunk| {
-        let skip = written.min(chunk.len());
-        written -= skip;
-        (skip < chunk.len()).then(|| &chunk[skip..])
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,22 +83,11 @@ mod tests {
     }
 
     fn rest(outgoing: &Outgoing) -> Vec<u8> {
-        unwritten(&outgoing.chunks, outgoing.written)
+        let chunks = outgoing.chunks.iter().map(|chunk| &chunk[..]);
+        writev::unwritten(chunks, outgoing.written)
             .flatten()
             .copied()
             .collect()
-    }
-
-    #[test]
-    fn what_is_left_starts_after_what_was_written() {
-        let mut outgoing = Outgoing::new(chunks());
-        assert_eq!(outgoing.len(), 9);
-        for (written, left) in [(0, "abcdefghi"), (2, "cdefghi"), (3, "defghi"), (6, "ghi")] {
-            outgoing.written = written;
-            assert_eq!(rest(&outgoing), left.as_bytes(), "after {written}");
-        }
-        outgoing.written = 9;
-        assert!(rest(&outgoing).is_empty());
     }
 
     #[test]
