@@ -326,6 +326,12 @@ impl TopicFilter {
             .then(|| self.patterns.exact.iter().map(|t| &**t))
     }
 
+    /// Whether the filter lists nothing (a WebSocket's before its first
+    /// `subscribe`): it matches no topic.
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
     /// The entries as listed by the client.
     pub fn listed(&self) -> impl Iterator<Item = &str> {
         self.listed.iter().map(|t| &**t)

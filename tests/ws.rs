@@ -480,14 +480,39 @@ async fn the_server_pings_and_closes_peers_that_do_not_answer() {
     let ping = tokio::time::timeout(Duration::from_secs(5), pings.recv()).await;
     assert!(ping.is_ok(), "the server sent a ping");
 
-    // A raw client that completes the handshake and never answers, on a
-    // thread of its own (its reads block).
+    // Raw clients that complete the handshake and never answer, each on a
+    // thread of its own (their reads block): one with topics, one without
+    // (whose subscription has none).
+    for path in ["/ws?topics=k", "/ws"] {
+        let frames = silent_peer(&hub, path).await;
+        assert_eq!(frames[0], 0x89, "{path}: first a ping");
+        let close_at = frames
+            .iter()
+            .position(|&b| b == 0x88)
+            .expect("a close frame");
+        let code = u16::from_be_bytes([frames[close_at + 2], frames[close_at + 3]]);
+        assert_eq!(code, 1008, "{path}");
+    }
+
+    // The well-behaved client is still served, several pings later.
+    let id = hub.publish("k", json!(1)).await;
+    let text = tokio::time::timeout(WAIT, texts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["id"], id);
+}
+
+/// Opens a WebSocket at `path` that never sends a frame, and returns the
+/// frames the hub sent it until it closed the connection.
+async fn silent_peer(hub: &Hub, path: &str) -> Vec<u8> {
     let addr = hub.url.trim_start_matches("http://").to_string();
+    let path = path.to_string();
     let bytes = tokio::task::spawn_blocking(move || {
         let mut raw = std::net::TcpStream::connect(&addr).unwrap();
         write!(
             raw,
-            "GET /ws?topics=k HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         .unwrap();
@@ -507,22 +532,7 @@ async fn the_server_pings_and_closes_peers_that_do_not_answer() {
     .unwrap();
     let body_at = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert!(bytes.starts_with(b"HTTP/1.1 101"));
-    let frames = &bytes[body_at..];
-    assert_eq!(frames[0], 0x89, "first a ping");
-    let close_at = frames
-        .iter()
-        .position(|&b| b == 0x88)
-        .expect("a close frame");
-    let code = u16::from_be_bytes([frames[close_at + 2], frames[close_at + 3]]);
-    assert_eq!(code, 1008);
-
-    // The well-behaved client is still served, several pings later.
-    let id = hub.publish("k", json!(1)).await;
-    let text = tokio::time::timeout(WAIT, texts.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["id"], id);
+    bytes[body_at..].to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,11 +608,24 @@ async fn a_client_close_is_answered_with_a_close_frame() {
 #[tokio::test]
 async fn shutdown_closes_sockets_with_1001() {
     let hub = Hub::start(&[]).await;
-    let mut socket = connect(&hub, "/ws?topics=a").await;
-    assert_eq!(
-        command(&mut socket, json!({"op": "ping"})).await["op"],
-        "pong"
-    );
+    // One with topics, one without any yet, one that gave all of them up.
+    let mut sockets = Vec::new();
+    for path in ["/ws?topics=a", "/ws", "/ws?topics=b"] {
+        let mut socket = connect(&hub, path).await;
+        assert_eq!(
+            command(&mut socket, json!({"op": "ping"})).await["op"],
+            "pong"
+        );
+        sockets.push(socket);
+    }
+    let reply = command(
+        &mut sockets[2],
+        json!({"op": "unsubscribe", "topics": ["b"]}),
+    )
+    .await;
+    assert_eq!(reply["topics"], json!([]));
     hub.signal(Signal::SIGTERM);
-    assert_eq!(close_code(&mut socket).await, 1001);
+    for socket in &mut sockets {
+        assert_eq!(close_code(socket).await, 1001);
+    }
 }

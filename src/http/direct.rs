@@ -229,13 +229,9 @@ async fn write_all<'a, P: Iterator<Item = &'a [u8]>>(
             }
         })
     });
-    tokio::select! {
-        // The write first: it usually completes at once, and the token is
-        // then not polled at all.
-        biased;
-        written = writing => written,
-        () = close.cancelled() => Err(io::Error::other("cut off by the hub")),
-    }
+    writev::unless_cut_off(writing, close)
+        .await
+        .unwrap_or_else(|| Err(io::Error::other("cut off by the hub")))
 }
 
 /// Resolves when the client closes the connection, or it fails. Anything

@@ -93,6 +93,8 @@ struct Registry {
     by_topic: HashMap<Box<str>, Vec<Recipient>>,
     /// Subscribers with a pattern, and their filters.
     wildcard: Vec<(Recipient, Arc<TopicFilter>)>,
+    /// Subscribers with no topics (see [`Fanout::subscriber_count`]).
+    topicless: usize,
     /// The last event handed to subscribers: a new subscriber gets every
     /// later event live and replays up to this one from the log.
     head: EventId,
@@ -131,6 +133,7 @@ impl Fanout {
                 subscribers: HashMap::new(),
                 by_topic: HashMap::new(),
                 wildcard: Vec::new(),
+                topicless: 0,
                 head,
                 tick: 0,
                 deferred: Vec::new(),
@@ -300,8 +303,12 @@ impl Fanout {
         }
     }
 
+    /// Subscribers with topics. A WebSocket with none is registered all the
+    /// same, for the keep-alive tick and the shutdown to reach it, but is
+    /// no subscriber (of `/health` or `/clients`).
     pub fn subscriber_count(&self) -> usize {
-        self.registry.lock().subscribers.len()
+        let reg = self.registry.lock();
+        reg.subscribers.len() - reg.topicless
     }
 
     /// Subscribers cut off as too slow since start.
@@ -313,6 +320,7 @@ impl Fanout {
         let reg = self.registry.lock();
         reg.subscribers
             .values()
+            .filter(|s| !s.filter.is_empty())
             .map(|s| ClientSnapshot {
                 info: s.info.clone(),
                 topics: s.filter.listed().map(String::from).collect(),
@@ -353,6 +361,7 @@ impl Registry {
             id,
             mailbox: mailbox.clone(),
         };
+        self.topicless += usize::from(filter.is_empty());
         match filter.exact_topics() {
             Some(topics) => {
                 for topic in topics {
@@ -367,6 +376,7 @@ impl Registry {
     }
 
     fn unindex(&mut self, id: u64, filter: &TopicFilter) {
+        self.topicless -= usize::from(filter.is_empty());
         match filter.exact_topics() {
             Some(topics) => {
                 for topic in topics {

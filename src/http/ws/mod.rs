@@ -8,8 +8,8 @@
 //! no-gap seam as SSE. Every event is one text frame, its envelope JSON,
 //! the same bytes for every subscriber: the session writes each event's
 //! frame as encoded once ([`crate::event::Event::ws_frame`]), a batch of them in one
-//! write. The server pings every
-//! `--keepalive` and closes peers that have not answered by the next ping.
+//! write. A socket that nothing was sent to for `--keepalive` gets a ping,
+//! and is closed if it has not answered by the next one.
 //! A socket opened with a token is closed with `1008` when the token
 //! expires; its commands are allowed what the token grants.
 
@@ -36,6 +36,7 @@ use super::limits;
 use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
 use crate::auth::{Caller, Expiry};
 use crate::frame::{self, GAP_TYPE};
+use crate::http::writev;
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
@@ -122,7 +123,11 @@ struct Session {
     info: Arc<ClientInfo>,
     /// The connection, and the topics as the client listed them, in order.
     presence: Presence,
-    subscription: Option<Subscription>,
+    /// The socket's subscription, with no topics while the client has
+    /// none: its mailbox also brings the keep-alive tick, which paces the
+    /// pings, and the shutdown, so the session waits on no timer or token
+    /// of its own for them.
+    subscription: Subscription,
     /// Cancelled by the fan-out when this socket falls behind its buffer,
     /// after it closed the subscription's mailbox.
     cut_off: CancellationToken,
@@ -146,8 +151,17 @@ impl Session {
             .as_ref()
             .map_or_else(Vec::new, |f| f.listed().map(String::from).collect());
         let subscription = match filter {
-            Some(filter) => Some(open(&state, &info, &cut_off, filter, params.resume).await),
-            None => None,
+            Some(filter) => open(&state, &info, &cut_off, filter, params.resume).await,
+            None => {
+                open(
+                    &state,
+                    &info,
+                    &cut_off,
+                    TopicFilter::default(),
+                    Resume::Live,
+                )
+                .await
+            }
         };
         let presence = state.hub.connect(info.clone(), topics, cut_off.clone());
         Session {
@@ -165,24 +179,17 @@ impl Session {
     /// and a stream: it reads or writes, never both at once, and a split
     /// would take a lock on every read, write and flush.
     async fn run(mut self, mut socket: Socket) {
-        let shutdown = self.state.hub.shutdown_signal();
-        let keepalive = self.state.config.keepalive;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let mut awaiting_pong = false;
         loop {
-            // A socket with a subscription learns of shutdown from it
-            // (`End::Closed`), and of being cut off (`End::CutOff`, once
-            // it has sent what its mailbox held), which it polls anyway:
+            // The socket learns of shutdown from its subscription
+            // (`End::Closed`), and of being cut off (`End::CutOff`, once it
+            // has sent what its mailbox held), which it polls anyway:
             // polling the shutdown token on every wake-up as well would
             // lock the one mutex that every session shares, and the cut-off
             // token's would be taken as often. Only a send that waits for
             // room watches the cut-off token, below.
-            let subscribed = self.subscription.is_some();
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !subscribed => {
-                    Step::Close(GOING_AWAY, "the hub is shutting down")
-                }
                 _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
                 message = socket.next() => match message {
                     None => Step::Stop(Reason::Closed),
@@ -212,7 +219,7 @@ impl Session {
                     }
                     Some(Err(_)) => Step::Stop(Reason::Error),
                 },
-                item = next_item(&mut self.subscription) => match item {
+                item = self.subscription.next() => match item {
                     Ok(Item::Events(batch)) => {
                         self.presence.delivered(batch);
                         let frames = batch.iter().map(|q| q.event.ws_frame());
@@ -225,20 +232,20 @@ impl Session {
                         )
                         .into(),
                     )),
-                    // Pings keep a WebSocket alive; no keep-alive frames.
-                    Ok(Item::KeepAlive) => Step::Nothing,
+                    // Nothing was sent for `keepalive`: a ping instead of a
+                    // keep-alive frame, which the peer must answer by the
+                    // next one.
+                    Ok(Item::KeepAlive) if awaiting_pong => {
+                        Step::Close(POLICY_VIOLATION, "no answer to ping")
+                    }
+                    Ok(Item::KeepAlive) => {
+                        awaiting_pong = true;
+                        Step::Send(Message::Ping(Bytes::new()))
+                    }
                     Err(End::Closed) => Step::Close(GOING_AWAY, "the hub is shutting down"),
                     Err(End::Failed) => Step::Close(INTERNAL_ERROR, "history unavailable; reconnect"),
                     Err(End::CutOff) => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                 },
-                _ = ping.tick() => {
-                    if awaiting_pong {
-                        Step::Close(POLICY_VIOLATION, "no answer to ping")
-                    } else {
-                        awaiting_pong = true;
-                        Step::Send(Message::Ping(Bytes::new()))
-                    }
-                }
             };
             let (message, mut outgoing) = match step {
                 Step::Nothing => continue,
@@ -275,18 +282,13 @@ impl Session {
                     (None, None) => Ok(()),
                 }
             };
-            tokio::select! {
-                // The send first: it usually completes at once, and the
-                // token is then not polled at all.
-                biased;
-                sent = send => match sent {
-                    Ok(()) => self.presence.sent(bytes),
-                    Err(_) => {
-                        self.presence.end(Reason::Error);
-                        break;
-                    }
-                },
-                _ = self.cut_off.cancelled() => {
+            match writev::unless_cut_off(send, &self.cut_off).await {
+                Some(Ok(())) => self.presence.sent(bytes),
+                Some(Err(_)) => {
+                    self.presence.end(Reason::Error);
+                    break;
+                }
+                None => {
                     let unfinished = outgoing.map(|mut outgoing| {
                         outgoing.cut_short();
                         outgoing
@@ -363,7 +365,7 @@ impl Session {
                 }
                 Err(error) => refuse(Some("subscribe"), error),
             },
-            Ok(Command::Unsubscribe { topics }) => match self.unsubscribe(&topics) {
+            Ok(Command::Unsubscribe { topics }) => match self.unsubscribe(&topics).await {
                 Ok(()) => {
                     json!({ "ok": true, "op": "unsubscribe", "topics": self.presence.topics() })
                 }
@@ -393,7 +395,7 @@ impl Session {
         let max = self.state.config.max_topics;
         TopicFilter::parse(topics.iter().map(String::as_str), max)?;
         let resume = last_event_id.map(resume_from).transpose()?;
-        if resume.is_some() && self.subscription.is_some() {
+        if resume.is_some() && !self.presence.topics().is_empty() {
             return Err(ApiError::bad_request(
                 "already_subscribed",
                 "last_event_id is accepted only while the socket has no topics: a socket is \
@@ -407,19 +409,19 @@ impl Session {
             }
         }
         let filter = self.caller.filter(listed.iter().map(String::as_str), max)?;
-        match &mut self.subscription {
-            Some(subscription) => subscription.set_filter(filter),
-            None => {
-                let resume = resume.unwrap_or(Resume::Live);
-                let opened = open(&self.state, &self.info, &self.cut_off, filter, resume).await;
-                self.subscription = Some(opened);
+        match resume {
+            // The socket had no topics: its new subscription replays first.
+            Some(resume) => {
+                self.subscription =
+                    open(&self.state, &self.info, &self.cut_off, filter, resume).await;
             }
+            None => self.subscription.set_filter(filter),
         }
         self.presence.set_topics(listed);
         Ok(())
     }
 
-    fn unsubscribe(&mut self, topics: &[String]) -> Result<(), ApiError> {
+    async fn unsubscribe(&mut self, topics: &[String]) -> Result<(), ApiError> {
         TopicFilter::parse(topics.iter().map(String::as_str), usize::MAX)?;
         let remaining: Vec<String> = self
             .presence
@@ -429,12 +431,16 @@ impl Session {
             .cloned()
             .collect();
         if remaining.is_empty() {
-            self.subscription = None;
-        } else if let Some(subscription) = &mut self.subscription {
+            // A new subscription, with no topics: what the old one had
+            // queued is dropped, and a `subscribe` may resume again.
+            let none = TopicFilter::default();
+            self.subscription =
+                open(&self.state, &self.info, &self.cut_off, none, Resume::Live).await;
+        } else {
             let filter = self
                 .caller
                 .filter(remaining.iter().map(String::as_str), usize::MAX)?;
-            subscription.set_filter(filter);
+            self.subscription.set_filter(filter);
         }
         self.presence.set_topics(remaining);
         Ok(())
@@ -462,14 +468,6 @@ async fn open(
 
 const TOO_SLOW: &str = "too slow: fell behind its buffer; reconnect with last_event_id";
 const TOKEN_EXPIRED: &str = "the token expired: reconnect with a fresh one";
-
-/// The next item of the socket's subscription; never, while it has none.
-async fn next_item(subscription: &mut Option<Subscription>) -> Result<Item<'_>, End> {
-    match subscription {
-        Some(subscription) => subscription.next().await,
-        None => std::future::pending().await,
-    }
-}
 
 /// An error frame: `{"ok": false, "op"?, "error": {"code", "message"}}`,
 /// counted as a rejection.
