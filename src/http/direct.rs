@@ -22,6 +22,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, Write as _};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::SystemTime;
@@ -229,7 +230,7 @@ async fn write_all<'a, P: Iterator<Item = &'a [u8]>>(
             }
         })
     });
-    writev::unless_cut_off(writing, close)
+    writev::unless_cut_off(pin!(writing), close)
         .await
         .unwrap_or_else(|| Err(io::Error::other("cut off by the hub")))
 }

@@ -3,13 +3,13 @@
 //! session both write a batch of events as one vectored write, which a
 //! cut-off stops while it waits for room.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io::{self, IoSlice};
-use std::pin::pin;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use smallvec::SmallVec;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 
 /// The slices of one write attempt, inline up to eight: a batch's chunks
 /// (see [`crate::frame::coalesce`]) and their framing, with no allocation.
@@ -53,23 +53,21 @@ where
 /// batch comes, touched by every write for nothing (1.5% of the hub's CPU
 /// with 10,000 subscribers). A cut-off subscriber learns of it from its
 /// mailbox anyway; the token is for one whose write is stuck.
-pub async fn unless_cut_off<T>(
-    write: impl Future<Output = T>,
+///
+/// The write is pinned by the caller, where it stays: moved in here, it
+/// would take room in this future as well as in the caller's (a
+/// WebSocket's send made an idle socket's task 200 bytes larger).
+pub async fn unless_cut_off<F: Future>(
+    write: Pin<&mut F>,
     cut_off: &CancellationToken,
-) -> Option<T> {
-    let mut write = pin!(write);
-    let mut cancelled = pin!(None::<WaitForCancellationFuture<'_>>);
-    poll_fn(|cx| {
-        if let Poll::Ready(done) = write.as_mut().poll(cx) {
-            return Poll::Ready(Some(done));
-        }
-        if cancelled.is_none() {
-            cancelled.set(Some(cut_off.cancelled()));
-        }
-        let cancelled = cancelled.as_mut().as_pin_mut().expect("set above");
-        cancelled.poll(cx).map(|()| None)
-    })
-    .await
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        done = write => Some(done),
+        // An async block, so that the token's future is made only when
+        // the block is first polled: after the write has had to wait.
+        () = async { cut_off.cancelled().await } => None,
+    }
 }
 
 /// What is left of `parts` once their first `written` bytes are out;
@@ -88,22 +86,24 @@ pub fn unwritten<'a>(
 #[cfg(test)]
 mod tests {
     use std::future::{pending, ready};
+    use std::pin::pin;
 
     use super::*;
 
     #[tokio::test]
     async fn a_write_is_stopped_by_a_cut_off_only_while_it_waits() {
         let cut_off = CancellationToken::new();
-        assert_eq!(unless_cut_off(ready(1), &cut_off).await, Some(1));
+        assert_eq!(unless_cut_off(pin!(ready(1)), &cut_off).await, Some(1));
         cut_off.cancel();
         assert_eq!(
-            unless_cut_off(ready(2), &cut_off).await,
+            unless_cut_off(pin!(ready(2)), &cut_off).await,
             Some(2),
             "a write that completes at once completes"
         );
-        assert_eq!(unless_cut_off(pending::<()>(), &cut_off).await, None);
+        assert_eq!(unless_cut_off(pin!(pending::<()>()), &cut_off).await, None);
         let later = CancellationToken::new();
-        let waiting = unless_cut_off(pending::<()>(), &later);
+        let stuck = pin!(pending::<()>());
+        let waiting = unless_cut_off(stuck, &later);
         let cancel = async {
             tokio::task::yield_now().await;
             later.cancel();

@@ -17,6 +17,7 @@ pub(super) mod command;
 mod handshake;
 mod outgoing;
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -275,14 +276,17 @@ impl Session {
             };
             // A stalled peer blocks the send; being cut off ends it, and the
             // close frame goes out once the peer reads again.
-            let send = async {
-                match (message, &mut outgoing) {
-                    (Some(message), _) => socket.send(message).await,
-                    (None, Some(outgoing)) => outgoing.write(&mut socket).await,
-                    (None, None) => Ok(()),
-                }
+            let sent = {
+                let send = pin!(async {
+                    match (message, &mut outgoing) {
+                        (Some(message), _) => socket.send(message).await,
+                        (None, Some(outgoing)) => outgoing.write(&mut socket).await,
+                        (None, None) => Ok(()),
+                    }
+                });
+                writev::unless_cut_off(send, &self.cut_off).await
             };
-            match writev::unless_cut_off(send, &self.cut_off).await {
+            match sent {
                 Some(Ok(())) => self.presence.sent(bytes),
                 Some(Err(_)) => {
                     self.presence.end(Reason::Error);
