@@ -358,11 +358,32 @@ pub enum Missed {
 }
 
 impl Missed {
-    /// Whether a subscriber of `filter` may have missed events.
+    /// Whether a subscriber of `filter` may have missed events: never one
+    /// with no topics (a WebSocket's before its first `subscribe`).
     pub fn affects(&self, filter: &TopicFilter) -> bool {
         match self {
-            Missed::Any => true,
+            Missed::Any => !filter.is_empty(),
             Missed::Topics(topics) => topics.iter().any(|topic| filter.matches(topic)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_events_affect_the_subscribers_of_their_topics_only() {
+        let filter = |topics: &[&str]| TopicFilter::parse(topics.iter().copied(), 10).unwrap();
+        let some = Missed::Topics(vec!["a/1".into()]);
+        assert!(some.affects(&filter(&["a/*"])));
+        assert!(!some.affects(&filter(&["b"])));
+        assert!(Missed::Any.affects(&filter(&["b"])));
+        let none = TopicFilter::default();
+        assert!(
+            !Missed::Any.affects(&none),
+            "a WebSocket with no topics missed nothing: it is not cut off"
+        );
+        assert!(!some.affects(&none));
     }
 }
