@@ -17,6 +17,7 @@ pub(super) mod command;
 mod handshake;
 mod outgoing;
 
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,7 +103,10 @@ pub async fn upgrade(
         let Some(socket) = socket.await else { return };
         let session =
             Session::new(state, caller, request.params, request.conn.as_ref(), filter).await;
-        session.run(socket).await
+        // The session gets a task of its own, sized by its loop alone: this
+        // one holds the request's parts and the opening's futures (3,888
+        // bytes in all), which the socket no longer needs.
+        tokio::spawn(session.run(socket));
     });
     Ok(response)
 }
@@ -179,126 +183,137 @@ impl Session {
     /// The session's loop. It uses the socket whole, not split into a sink
     /// and a stream: it reads or writes, never both at once, and a split
     /// would take a lock on every read, write and flush.
-    async fn run(mut self, mut socket: Socket) {
-        let mut awaiting_pong = false;
-        loop {
-            // The socket learns of shutdown from its subscription
-            // (`End::Closed`), and of being cut off (`End::CutOff`, once it
-            // has sent what its mailbox held), which it polls anyway:
-            // polling the shutdown token on every wake-up as well would
-            // lock the one mutex that every session shares, and the cut-off
-            // token's would be taken as often. Only a send that waits for
-            // room watches the cut-off token, below.
-            let step = tokio::select! {
-                biased;
-                _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
-                message = socket.next() => match message {
-                    None => Step::Stop(Reason::Closed),
-                    // The library queued the reply to the peer's close
-                    // frame: flush it, so the close is clean on both sides.
-                    Some(Ok(Message::Close(_))) => Step::Echo,
-                    // Boxed, as the close and the echo below: a socket's
-                    // task is as large as the largest state of this loop,
-                    // idle or not, and a command's (a publish, a subscribe
-                    // and its replay's first page) was the largest by far
-                    // (the loop's future: 3,056 bytes, 2,336 with the three
-                    // boxed). They are rare; a delivery allocates nothing.
-                    Some(Ok(Message::Text(text))) => Step::Send(Box::pin(self.answer(&text)).await),
-                    Some(Ok(Message::Binary(_))) => {
-                        Step::Close(UNSUPPORTED_DATA, "binary frames are not accepted: send JSON text")
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice (below)"
+    )]
+    fn run(mut self, mut socket: Socket) -> impl Future<Output = ()> {
+        // An async block, not an async fn: an async fn keeps its arguments
+        // twice in its future, once as passed and once as moved into its
+        // body (rust-lang/rust#62958), and the session and its socket are
+        // 856 bytes that every socket's task carries, idle or not.
+        async move {
+            let mut awaiting_pong = false;
+            loop {
+                // The socket learns of shutdown from its subscription
+                // (`End::Closed`), and of being cut off (`End::CutOff`, once it
+                // has sent what its mailbox held), which it polls anyway:
+                // polling the shutdown token on every wake-up as well would
+                // lock the one mutex that every session shares, and the cut-off
+                // token's would be taken as often. Only a send that waits for
+                // room watches the cut-off token, below.
+                let step = tokio::select! {
+                    biased;
+                    _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
+                    message = socket.next() => match message {
+                        None => Step::Stop(Reason::Closed),
+                        // The library queued the reply to the peer's close
+                        // frame: flush it, so the close is clean on both sides.
+                        Some(Ok(Message::Close(_))) => Step::Echo,
+                        // Boxed, as the close and the echo below: a socket's
+                        // task is as large as the largest state of this loop,
+                        // idle or not, and a command's (a publish, a subscribe
+                        // and its replay's first page) was the largest by far
+                        // (the loop's future: 3,056 bytes, 2,336 with the three
+                        // boxed). They are rare; a delivery allocates nothing.
+                        Some(Ok(Message::Text(text))) => Step::Send(Box::pin(self.answer(&text)).await),
+                        Some(Ok(Message::Binary(_))) => {
+                            Step::Close(UNSUPPORTED_DATA, "binary frames are not accepted: send JSON text")
+                        }
+                        Some(Ok(Message::Pong(_))) => {
+                            awaiting_pong = false;
+                            Step::Nothing
+                        }
+                        // Pings are answered by the WebSocket library itself.
+                        Some(Ok(Message::Ping(_))) => Step::Nothing,
+                        // Never read, only sent.
+                        Some(Ok(Message::Frame(_))) => Step::Nothing,
+                        Some(Err(tungstenite::Error::Capacity(_))) => {
+                            Step::Close(MESSAGE_TOO_BIG, "message larger than the limit (--max-body)")
+                        }
+                        Some(Err(_)) => Step::Stop(Reason::Error),
+                    },
+                    item = self.subscription.next() => match item {
+                        Ok(Item::Events(batch)) => {
+                            self.presence.delivered(batch);
+                            let frames = batch.iter().map(|q| q.event.ws_frame());
+                            Step::Deliver(Outgoing::new(frame::coalesce(frames)))
+                        }
+                        Ok(Item::Gap { requested, oldest }) => Step::Send(Message::Text(
+                            frame::control_json(
+                                GAP_TYPE,
+                                Some(frame::gap_payload(&requested.to_string(), oldest)),
+                            )
+                            .into(),
+                        )),
+                        // Nothing was sent for `keepalive`: a ping instead of a
+                        // keep-alive frame, which the peer must answer by the
+                        // next one.
+                        Ok(Item::KeepAlive) if awaiting_pong => {
+                            Step::Close(POLICY_VIOLATION, "no answer to ping")
+                        }
+                        Ok(Item::KeepAlive) => {
+                            awaiting_pong = true;
+                            Step::Send(Message::Ping(Bytes::new()))
+                        }
+                        Err(End::Closed) => Step::Close(GOING_AWAY, "the hub is shutting down"),
+                        Err(End::Failed) => Step::Close(INTERNAL_ERROR, "history unavailable; reconnect"),
+                        Err(End::CutOff) => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
+                    },
+                };
+                let (message, mut outgoing) = match step {
+                    Step::Nothing => continue,
+                    Step::Stop(reason) => {
+                        self.presence.end(reason);
+                        break;
                     }
-                    Some(Ok(Message::Pong(_))) => {
-                        awaiting_pong = false;
-                        Step::Nothing
+                    Step::Echo => {
+                        self.presence.end(Reason::Closed);
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, socket.flush())).await;
+                        break;
                     }
-                    // Pings are answered by the WebSocket library itself.
-                    Some(Ok(Message::Ping(_))) => Step::Nothing,
-                    // Never read, only sent.
-                    Some(Ok(Message::Frame(_))) => Step::Nothing,
-                    Some(Err(tungstenite::Error::Capacity(_))) => {
-                        Step::Close(MESSAGE_TOO_BIG, "message larger than the limit (--max-body)")
+                    Step::Close(code, reason) => {
+                        Box::pin(self.close(&mut socket, None, code, reason)).await;
+                        break;
                     }
-                    Some(Err(_)) => Step::Stop(Reason::Error),
-                },
-                item = self.subscription.next() => match item {
-                    Ok(Item::Events(batch)) => {
-                        self.presence.delivered(batch);
-                        let frames = batch.iter().map(|q| q.event.ws_frame());
-                        Step::Deliver(Outgoing::new(frame::coalesce(frames)))
+                    Step::Send(message) => (Some(message), None),
+                    Step::Deliver(outgoing) => (None, Some(outgoing)),
+                };
+                // Bytes on the wire, frame headers included.
+                let bytes = match (&message, &outgoing) {
+                    (Some(Message::Text(text)), _) => {
+                        frame::ws_text_header(text.len()).as_bytes().len() + text.len()
                     }
-                    Ok(Item::Gap { requested, oldest }) => Step::Send(Message::Text(
-                        frame::control_json(
-                            GAP_TYPE,
-                            Some(frame::gap_payload(&requested.to_string(), oldest)),
-                        )
-                        .into(),
-                    )),
-                    // Nothing was sent for `keepalive`: a ping instead of a
-                    // keep-alive frame, which the peer must answer by the
-                    // next one.
-                    Ok(Item::KeepAlive) if awaiting_pong => {
-                        Step::Close(POLICY_VIOLATION, "no answer to ping")
-                    }
-                    Ok(Item::KeepAlive) => {
-                        awaiting_pong = true;
-                        Step::Send(Message::Ping(Bytes::new()))
-                    }
-                    Err(End::Closed) => Step::Close(GOING_AWAY, "the hub is shutting down"),
-                    Err(End::Failed) => Step::Close(INTERNAL_ERROR, "history unavailable; reconnect"),
-                    Err(End::CutOff) => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
-                },
-            };
-            let (message, mut outgoing) = match step {
-                Step::Nothing => continue,
-                Step::Stop(reason) => {
-                    self.presence.end(reason);
-                    break;
-                }
-                Step::Echo => {
-                    self.presence.end(Reason::Closed);
-                    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, socket.flush())).await;
-                    break;
-                }
-                Step::Close(code, reason) => {
-                    Box::pin(self.close(&mut socket, None, code, reason)).await;
-                    break;
-                }
-                Step::Send(message) => (Some(message), None),
-                Step::Deliver(outgoing) => (None, Some(outgoing)),
-            };
-            // Bytes on the wire, frame headers included.
-            let bytes = match (&message, &outgoing) {
-                (Some(Message::Text(text)), _) => {
-                    frame::ws_text_header(text.len()).as_bytes().len() + text.len()
-                }
-                (_, Some(outgoing)) => outgoing.len(),
-                _ => 0,
-            };
-            // A stalled peer blocks the send; being cut off ends it, and the
-            // close frame goes out once the peer reads again.
-            let sent = {
-                let send = pin!(async {
-                    match (message, &mut outgoing) {
-                        (Some(message), _) => socket.send(message).await,
-                        (None, Some(outgoing)) => outgoing.write(&mut socket).await,
-                        (None, None) => Ok(()),
-                    }
-                });
-                writev::unless_cut_off(send, &self.cut_off).await
-            };
-            match sent {
-                Some(Ok(())) => self.presence.sent(bytes),
-                Some(Err(_)) => {
-                    self.presence.end(Reason::Error);
-                    break;
-                }
-                None => {
-                    let unfinished = outgoing.map(|mut outgoing| {
-                        outgoing.cut_short();
-                        outgoing
+                    (_, Some(outgoing)) => outgoing.len(),
+                    _ => 0,
+                };
+                // A stalled peer blocks the send; being cut off ends it, and the
+                // close frame goes out once the peer reads again.
+                let sent = {
+                    let send = pin!(async {
+                        match (message, &mut outgoing) {
+                            (Some(message), _) => socket.send(message).await,
+                            (None, Some(outgoing)) => outgoing.write(&mut socket).await,
+                            (None, None) => Ok(()),
+                        }
                     });
-                    Box::pin(self.close(&mut socket, unfinished, TRY_AGAIN_LATER, TOO_SLOW)).await;
-                    break;
+                    writev::unless_cut_off(send, &self.cut_off).await
+                };
+                match sent {
+                    Some(Ok(())) => self.presence.sent(bytes),
+                    Some(Err(_)) => {
+                        self.presence.end(Reason::Error);
+                        break;
+                    }
+                    None => {
+                        let unfinished = outgoing.map(|mut outgoing| {
+                            outgoing.cut_short();
+                            outgoing
+                        });
+                        Box::pin(self.close(&mut socket, unfinished, TRY_AGAIN_LATER, TOO_SLOW))
+                            .await;
+                        break;
+                    }
                 }
             }
         }
