@@ -155,19 +155,11 @@ impl Session {
         let topics = filter
             .as_ref()
             .map_or_else(Vec::new, |f| f.listed().map(String::from).collect());
-        let subscription = match filter {
-            Some(filter) => open(&state, &info, &cut_off, filter, params.resume).await,
-            None => {
-                open(
-                    &state,
-                    &info,
-                    &cut_off,
-                    TopicFilter::default(),
-                    Resume::Live,
-                )
-                .await
-            }
+        let (filter, resume) = match filter {
+            Some(filter) => (filter, params.resume),
+            None => (TopicFilter::default(), Resume::Live),
         };
+        let subscription = open(&state, &info, &cut_off, filter, resume).await;
         let presence = state.hub.connect(info.clone(), topics, cut_off.clone());
         Session {
             state,
