@@ -692,6 +692,46 @@ async fn a_stream_ends_when_its_token_expires() {
     }
 }
 
+/// Backends mint tokens whose `exp` is centuries away to mean "never".
+/// Such a token works like any other, on every transport: a deadline past
+/// what the hub's clock can hold once made the request's task panic (the
+/// `jwt` fuzz target found it).
+#[tokio::test]
+async fn a_token_that_never_expires_works_on_every_transport() {
+    let hub = secured(&[]).await;
+    let token = hs256(json!({
+        "exp": u64::MAX, "sluice": {"publish": ["**"], "subscribe": ["secret/**"]},
+    }));
+    let sse = stream_client()
+        .get(hub.at(&format!("/stream?topics=secret/x&access_token={token}")))
+        .send()
+        .await
+        .unwrap();
+    let ndjson = stream_client()
+        .get(hub.at("/ndjson?topics=secret/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (sse.status().as_u16(), ndjson.status().as_u16()),
+        (200, 200)
+    );
+    let mut socket = ws(&hub, "?topics=secret/x", &token).await;
+    let pong = command(&mut socket, json!({"op": "ping"})).await;
+    assert_eq!(pong["op"], "pong");
+    let (status, body) = publish(&hub, Some(&token), "secret/x", json!("forever")).await;
+    assert_eq!(status, 201, "{body}");
+    let mut sse = Box::pin(sse.bytes_stream().eventsource());
+    let event = tokio::time::timeout(WAIT, sse.next()).await.unwrap();
+    assert_eq!(event.unwrap().unwrap().data, "forever");
+    let line = tokio::time::timeout(WAIT, lines(ndjson).next())
+        .await
+        .unwrap();
+    assert_eq!(line.unwrap()["data"], "forever");
+    assert_eq!(next_json(&mut socket).await["data"], "forever");
+}
+
 // ---- Without a key -----------------------------------------------------
 
 /// An address of this machine that is not a loopback one, on `lo` of a

@@ -155,14 +155,22 @@ fn why(kind: &ErrorKind) -> String {
 }
 
 /// When a token whose `exp` is `exp` stops being honoured: the second
-/// after `exp` plus the leeway, when verifying it starts to fail.
+/// after `exp` plus the leeway, when verifying it starts to fail, but no
+/// later than [`LONGEST_VALIDITY`] from now.
 fn deadline(exp: u64) -> Instant {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let until = Duration::from_secs(exp.saturating_add(LEEWAY_S + 1));
-    Instant::now() + until.saturating_sub(now)
+    Instant::now() + until.saturating_sub(now).min(LONGEST_VALIDITY)
 }
+
+/// How far ahead a token's deadline may be. Backends mint tokens whose
+/// `exp` is centuries away to mean "never", and an `Instant` that far
+/// ahead does not exist: adding it panicked (found by the `jwt` fuzz
+/// target, with an `exp` of about 10^19). Thirty years is as good as
+/// never for one stream, and as far as tokio's own "far future" goes.
+const LONGEST_VALIDITY: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
 /// A verified token.
 #[derive(Debug)]
@@ -511,6 +519,23 @@ mod tests {
             .verify(&sign(&serde_json::json!({"exp": now() + 60}), SECRET))
             .unwrap();
         assert!(!bare.admin && bare.publish.is_empty() && bare.subscribe.is_empty());
+    }
+
+    #[test]
+    fn a_token_that_never_expires_is_held_for_thirty_years() {
+        for exp in [
+            u64::MAX,
+            9_999_999_955_002_065_599,
+            now() + 40 * 365 * 86_400,
+        ] {
+            let claims = serde_json::json!({"exp": exp, "sluice": {"publish": ["**"]}});
+            let token = hs256().verify(&sign(&claims, SECRET)).unwrap();
+            let left = token.deadline - Instant::now();
+            assert!(
+                left > LONGEST_VALIDITY - Duration::from_secs(60) && left <= LONGEST_VALIDITY,
+                "exp {exp}: {left:?}"
+            );
+        }
     }
 
     #[test]
