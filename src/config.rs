@@ -61,6 +61,12 @@ pub enum Fsync {
     Interval,
 }
 
+/// The longest duration a setting may have. The hub adds some of them to
+/// the clock, whose readings end about 292 billion years on (a
+/// `header_timeout` of 500 billion years panicked every connection's
+/// task); anything over a century is a mistake, refused with its name.
+const LONGEST_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// The resolved configuration of a running hub.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -505,31 +511,31 @@ impl Config {
                 anyhow::bail!("{name} must be at least 1");
             }
         }
-        if self.keepalive.is_zero() {
-            anyhow::bail!("keepalive must be longer than zero");
+        let durations = [
+            ("keepalive", self.keepalive),
+            ("history_max_age", self.history_max_age),
+            ("fsync_interval", self.fsync_interval),
+            ("idempotency_window", self.idempotency_window),
+            ("header_timeout", self.header_timeout),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                anyhow::bail!("{name} must be longer than zero");
+            }
+            if value > LONGEST_DURATION {
+                anyhow::bail!("{name} must be at most 100 years");
+            }
         }
         if self.write_delay >= self.keepalive {
             anyhow::bail!("write_delay must be shorter than keepalive");
         }
-        if self.history_max_age.is_zero() {
-            anyhow::bail!("history_max_age must be longer than zero");
-        }
-        if self.fsync_interval.is_zero() {
-            anyhow::bail!("fsync_interval must be longer than zero");
-        }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             anyhow::bail!("redis_prefix must be a non-empty word without spaces");
-        }
-        if self.idempotency_window.is_zero() {
-            anyhow::bail!("idempotency_window must be longer than zero");
         }
         self.retention_rules()?;
         self.check_auth()?;
         if self.max_body.as_u64() == 0 {
             anyhow::bail!("max_body must be at least 1 byte");
-        }
-        if self.header_timeout.is_zero() {
-            anyhow::bail!("header_timeout must be longer than zero");
         }
         if self.max_url_length.as_u64() < 64 || self.max_header_size.as_u64() < 1024 {
             anyhow::bail!("max_url_length must be at least 64 bytes, max_header_size 1KiB");
@@ -575,12 +581,17 @@ impl Config {
             let pattern = Pattern::parse(&table.pattern)
                 .map_err(|e| anyhow::anyhow!("{}: pattern: {e}", at()))?;
             if table.history_max_events == Some(0)
-                || table.history_max_age.is_some_and(|age| age.is_zero())
+                || table
+                    .history_max_age
+                    .is_some_and(|age| age.is_zero() || age > LONGEST_DURATION)
                 || table
                     .history_max_bytes
                     .is_some_and(|bytes| bytes.as_u64() == 0)
             {
-                anyhow::bail!("{}: history limits must be above zero", at());
+                anyhow::bail!(
+                    "{}: history limits must be above zero, and ages at most 100 years",
+                    at()
+                );
             }
             let limited = table.history_max_events.is_some()
                 || table.history_max_age.is_some()
@@ -963,6 +974,14 @@ mod tests {
                 },
                 ServeArgs {
                     header_timeout: Some("0s".into()),
+                    ..Default::default()
+                },
+                ServeArgs {
+                    header_timeout: Some("500000000000years".into()),
+                    ..Default::default()
+                },
+                ServeArgs {
+                    keepalive: Some("101years".into()),
                     ..Default::default()
                 },
                 ServeArgs {
