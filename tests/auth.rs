@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::ws::{Socket, close_code, command, next_json, ws_url};
@@ -619,47 +620,77 @@ fn short_lived() -> String {
     hs256(json!({"sub": "brief", "exp": now() + 5}))
 }
 
+/// One stream of each kind on a topic, opened with one token.
+struct Streams {
+    /// SSE, the token in the query: each event's data.
+    sse: Pin<Box<dyn Stream<Item = String> + Send>>,
+    /// NDJSON, the token in the `Authorization` header.
+    ndjson: Pin<Box<dyn Stream<Item = Value> + Send>>,
+    /// A WebSocket, the token in the `Authorization` header.
+    socket: Socket,
+}
+
+impl Streams {
+    async fn open(hub: &Hub, topic: &str, token: &str) -> Streams {
+        let sse = stream_client()
+            .get(hub.at(&format!("/stream?topics={topic}&access_token={token}")))
+            .send()
+            .await
+            .unwrap();
+        let ndjson = stream_client()
+            .get(hub.at(&format!("/ndjson?topics={topic}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (sse.status().as_u16(), ndjson.status().as_u16()),
+            (200, 200)
+        );
+        let mut socket = ws(hub, &format!("?topics={topic}"), token).await;
+        // The socket's session subscribes once it runs: a reply says it does.
+        let pong = command(&mut socket, json!({"op": "ping"})).await;
+        assert_eq!(pong["op"], "pong");
+        let sse = sse
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("the SSE stream is well-formed").data);
+        Streams {
+            sse: Box::pin(sse),
+            ndjson: Box::pin(lines(ndjson)),
+            socket,
+        }
+    }
+
+    /// Each stream's next event carries `data`, a JSON string.
+    async fn next_is(&mut self, data: &str) {
+        let event = tokio::time::timeout(WAIT, self.sse.next()).await.unwrap();
+        assert_eq!(event.as_deref(), Some(data));
+        let line = tokio::time::timeout(WAIT, self.ndjson.next())
+            .await
+            .unwrap();
+        assert_eq!(line.unwrap()["data"], data);
+        assert_eq!(next_json(&mut self.socket).await["data"], data);
+    }
+}
+
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires() {
     let hub = secured(&[]).await;
     let token = short_lived();
-    let sse = stream_client()
-        .get(hub.at(&format!("/stream?topics=news&access_token={token}")))
-        .send()
-        .await
-        .unwrap();
-    let ndjson = stream_client()
-        .get(hub.at("/ndjson?topics=news"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (sse.status().as_u16(), ndjson.status().as_u16()),
-        (200, 200)
-    );
-    let mut socket = ws(&hub, "?topics=news", &token).await;
-    // The socket's session subscribes once it runs: a reply says it does.
-    let pong = command(&mut socket, json!({"op": "ping"})).await;
-    assert_eq!(pong["op"], "pong");
-    let mut sse = Box::pin(sse.bytes_stream().eventsource());
-    let mut ndjson = lines(ndjson);
+    let mut streams = Streams::open(&hub, "news", &token).await;
     publish(&hub, Some(&publisher()), "news", json!("before")).await;
-    let first = tokio::time::timeout(WAIT, sse.next()).await.unwrap();
-    assert_eq!(first.unwrap().unwrap().data, "before");
-    let line = tokio::time::timeout(WAIT, ndjson.next()).await.unwrap();
-    assert_eq!(line.unwrap()["data"], "before");
-    assert_eq!(next_json(&mut socket).await["data"], "before");
+    streams.next_is("before").await;
     // Each ends: the responses finish, the socket closes with 1008.
-    let end = tokio::time::timeout(WAIT, sse.next())
+    let end = tokio::time::timeout(WAIT, streams.sse.next())
         .await
         .expect("SSE ends");
-    assert!(end.is_none(), "the SSE response ended cleanly: {end:?}");
-    let end = tokio::time::timeout(WAIT, ndjson.next())
+    assert_eq!(end, None, "the SSE response ended cleanly");
+    let end = tokio::time::timeout(WAIT, streams.ndjson.next())
         .await
         .expect("NDJSON ends");
     assert!(end.is_none(), "the NDJSON response ended cleanly");
-    assert_eq!(close_code(&mut socket).await, 1008);
+    assert_eq!(close_code(&mut streams.socket).await, 1008);
     // The token no longer opens anything.
     let (status, _, body) = get(&hub, Some(&token), "/stream?topics=news").await;
     assert_eq!((status, code(&body).as_str()), (401, "invalid_token"));
@@ -702,34 +733,10 @@ async fn a_token_that_never_expires_works_on_every_transport() {
     let token = hs256(json!({
         "exp": u64::MAX, "sluice": {"publish": ["**"], "subscribe": ["secret/**"]},
     }));
-    let sse = stream_client()
-        .get(hub.at(&format!("/stream?topics=secret/x&access_token={token}")))
-        .send()
-        .await
-        .unwrap();
-    let ndjson = stream_client()
-        .get(hub.at("/ndjson?topics=secret/x"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (sse.status().as_u16(), ndjson.status().as_u16()),
-        (200, 200)
-    );
-    let mut socket = ws(&hub, "?topics=secret/x", &token).await;
-    let pong = command(&mut socket, json!({"op": "ping"})).await;
-    assert_eq!(pong["op"], "pong");
+    let mut streams = Streams::open(&hub, "secret/x", &token).await;
     let (status, body) = publish(&hub, Some(&token), "secret/x", json!("forever")).await;
     assert_eq!(status, 201, "{body}");
-    let mut sse = Box::pin(sse.bytes_stream().eventsource());
-    let event = tokio::time::timeout(WAIT, sse.next()).await.unwrap();
-    assert_eq!(event.unwrap().unwrap().data, "forever");
-    let line = tokio::time::timeout(WAIT, lines(ndjson).next())
-        .await
-        .unwrap();
-    assert_eq!(line.unwrap()["data"], "forever");
-    assert_eq!(next_json(&mut socket).await["data"], "forever");
+    streams.next_is("forever").await;
 }
 
 // ---- Without a key -----------------------------------------------------
