@@ -19,7 +19,10 @@
 # `perf record -g` while the bench runs, and writes OUT.svg (the
 # flamegraph: a frame's width is its share of the hub's CPU samples, its
 # callers below it) and OUT.txt (the bench's report, the share of the
-# kernel, the heaviest symbols). OUT defaults to a new temporary
+# kernel, the heaviest symbols). Then it runs the bench again on a new hub
+# with uprobes on jemalloc's allocating entry points, and adds to OUT.txt
+# the allocations per delivery, per socket write and per event published,
+# and the code that asked for them. OUT defaults to a new temporary
 # directory's `profile`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +95,71 @@ inferno-flamegraph --title "sluice bench fanout $*" --width 1600 \
   perf report -i "$WORK/perf.data" --children --sort sym --stdio -g none 2>/dev/null |
     grep -E '^ +[0-9.]+%' | sed -n 1,40p
 } >>"$OUT.txt"
+kill -TERM "$HUB_PID"
+wait "$HUB_PID" || true
+
+# Allocation counts, in a second run on a new hub: a uprobe on each of
+# jemalloc's entry points that hand out memory, recorded with its caller,
+# and the hub's `writev` calls, for a per-write figure. Not in the first
+# run: each probe's trap costs a microsecond or two, which would show in
+# its CPU profile.
+PROBES=()
+for fn in malloc calloc realloc mallocx rallocx; do
+  if perf probe -q -x "$BIN" --add "sluice_alloc:$fn=_rjem_$fn" 2>/dev/null; then
+    PROBES+=(-e "sluice_alloc:$fn")
+  fi
+done
+cleanup_probes() { perf probe -q -d 'sluice_alloc:*' 2>/dev/null || true; }
+trap 'stop; cleanup_probes' EXIT
+if [ ${#PROBES[@]} -eq 0 ]; then
+  echo "(no allocation counts: no jemalloc symbols in $BIN)" >>"$OUT.txt"
+else
+  PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  # shellcheck disable=SC2086 # HUB_ARGS is a list of arguments.
+  SLUICE_MAX_CONNECTIONS=1000000 SLUICE_MAX_CONNECTIONS_PER_IP=1000000 \
+    "$BIN" serve --listen "127.0.0.1:$PORT" --storage memory --log-level warn \
+    ${HUB_ARGS:-} >"$WORK/hub2.log" 2>&1 &
+  HUB_PID=$!
+  for _ in $(seq 100); do
+    grep -q "listening on" "$WORK/hub2.log" && break
+    sleep 0.1
+  done
+  perf record -g "${PROBES[@]}" -e syscalls:sys_enter_writev -p "$HUB_PID" \
+    -o "$WORK/alloc.data" >"$WORK/perf2.log" 2>&1 &
+  PERF_PID=$!
+  "$BIN" bench fanout --url "http://127.0.0.1:$PORT" --json "$@" >"$WORK/bench2.json"
+  kill -INT "$PERF_PID"
+  wait "$PERF_PID" || true
+  PERF_PID=
+  # Each sample as its event and the first frame that is not the
+  # allocator's or a collection's: the code that wanted the memory.
+  perf script -i "$WORK/alloc.data" -F event,ip,sym 2>/dev/null | awk '
+    function flush() { if (event != "") print event "\t" (caller == "" ? "?" : caller) }
+    /^ *[a-z_]+:[a-z_]+:/ { flush(); event = $1; sub(/:$/, "", event); caller = ""; next }
+    /^\t/ && caller == "" {
+      frame = $0; sub(/^[ \t]*[0-9a-f]+ /, "", frame); sub(/\+0x[0-9a-f]+$/, "", frame)
+      if (frame !~ /^(_rjem_|__rust|<?(alloc|core|std|hashbrown|smallvec|bytes)::|\[unknown\])/) caller = frame
+    }
+    END { flush() }' >"$WORK/allocs.tsv"
+  python3 - "$WORK/allocs.tsv" "$WORK/bench2.json" >>"$OUT.txt" <<'PY'
+import collections, json, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+bench = json.load(open(sys.argv[2]))
+writes = sum(1 for event, _ in rows if event.endswith("sys_enter_writev"))
+allocs = collections.Counter(caller for event, caller in rows if event.startswith("sluice_alloc:"))
+total = sum(allocs.values())
+deliveries, published = bench["received"], bench["published"]
+print()
+print("Allocations in a second run (uprobes on jemalloc; the whole run, opening included):")
+print(f"    {total:,} allocations, {writes:,} writev calls, {published:,} events published, "
+      f"{deliveries:,} deliveries")
+print(f"    {total / max(deliveries, 1):.3f} per delivery, {total / max(writes, 1):.2f} per write, "
+      f"{total / max(published, 1):.1f} per event published")
+print("By the first caller outside the allocator and collections (count, per write, per event published):")
+for caller, count in allocs.most_common(20):
+    print(f"    {count:>10,}  {count / max(writes, 1):6.2f}  {count / max(published, 1):8.2f}  {caller[:120]}")
+PY
+fi
 rm -rf "$WORK"
 echo "$OUT.svg"
 echo "$OUT.txt"
