@@ -101,8 +101,9 @@ wait "$HUB_PID" || true
 # Allocation counts, in a second run on a new hub: a uprobe on each of
 # jemalloc's entry points that hand out memory, recorded with its caller,
 # and the hub's `writev` calls, for a per-write figure. Not in the first
-# run: each probe's trap costs a microsecond or two, which would show in
-# its CPU profile.
+# run: every hit of a probe traps into the kernel, which would show in the
+# CPU profile, and slows the hub enough to change what it does (with
+# 1,000 subscribers, it takes about half the events/s it is offered).
 PROBES=()
 for fn in malloc calloc realloc mallocx rallocx; do
   if perf probe -q -x "$BIN" --add "sluice_alloc:$fn=_rjem_$fn" 2>/dev/null; then
