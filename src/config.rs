@@ -967,32 +967,17 @@ mod tests {
             assert_eq!(c.header_timeout, Duration::from_secs(3));
             assert_eq!(c.max_url_length, ByteSize::kib(2));
             assert_eq!(c.tls_key, Some(PathBuf::from("k.pem")));
-            for bad in [
-                ServeArgs {
-                    max_connections: Some(0),
-                    ..Default::default()
-                },
-                ServeArgs {
-                    header_timeout: Some("0s".into()),
-                    ..Default::default()
-                },
-                ServeArgs {
-                    header_timeout: Some("500000000000years".into()),
-                    ..Default::default()
-                },
-                ServeArgs {
-                    keepalive: Some("101years".into()),
-                    ..Default::default()
-                },
-                ServeArgs {
-                    max_header_size: Some("100".into()),
-                    ..Default::default()
-                },
-                ServeArgs {
-                    tls_cert: Some("c.pem".into()),
-                    ..Default::default()
-                },
-            ] {
+            let bad_settings: [fn(&mut ServeArgs); 6] = [
+                |a| a.max_connections = Some(0),
+                |a| a.header_timeout = Some("0s".into()),
+                |a| a.header_timeout = Some("500000000000years".into()),
+                |a| a.keepalive = Some("101years".into()),
+                |a| a.max_header_size = Some("100".into()),
+                |a| a.tls_cert = Some("c.pem".into()),
+            ];
+            for set in bad_settings {
+                let mut bad = ServeArgs::default();
+                set(&mut bad);
                 assert!(Config::load(&bad).is_err(), "{bad:?}");
             }
             Ok(())
