@@ -21,8 +21,8 @@
 # File descriptors: the soft limit (`ulimit -n`) is raised to the hard
 # limit for the hubs and the bench (`sluice bench` raises its own too); nginx
 # gets the same with `worker_rlimit_nofile`, and `worker_connections` just
-# under it. Sluice's own connection limits (10,000 in all and 256 per client
-# address by default) are raised for the run, through the environment.
+# under it. Sluice's own connection limits are raised for the run
+# (bench/hub.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,44 +54,11 @@ if ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MODULE" ]; then
     nginx libnginx-mod-nchan >/dev/null
 fi
 
-cargo build --release --quiet
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-nchan-bench.XXXXXX")"
-# A copy, which builds of the same tree during the run cannot replace.
-BIN="$WORK/sluice"
-cp "${CARGO_TARGET_DIR:-target}/release/sluice" "$BIN"
 INDEX="$WORK/index.tsv"
 : >"$INDEX"
-
-HUB_PID=
-stop_hub() {
-  if [ -n "$HUB_PID" ]; then
-    kill -TERM "$HUB_PID" 2>/dev/null || true
-    wait "$HUB_PID" 2>/dev/null || true
-    HUB_PID=
-  fi
-}
-trap stop_hub EXIT
-
-# start_sluice [ARGS...]: a new hub, history in memory, with its default
-# settings and ARGS; sets HUB_PID, HUB_PIDS, HUB_URL.
-start_sluice() {
-  : >"$WORK/sluice.out"
-  SLUICE_MAX_CONNECTIONS=1000000 SLUICE_MAX_CONNECTIONS_PER_IP=1000000 \
-    "$BIN" serve --listen 127.0.0.1:0 --storage memory --log-level warn "$@" \
-    >"$WORK/sluice.out" 2>>"$WORK/sluice.log" &
-  HUB_PID=$!
-  HUB_PIDS=$HUB_PID
-  HUB_URL=
-  for _ in $(seq 100); do
-    HUB_URL="$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/sluice.out")"
-    [ -n "$HUB_URL" ] && return
-    kill -0 "$HUB_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "sluice did not start:" >&2
-  cat "$WORK/sluice.log" >&2
-  exit 1
-}
+# BIN, start_sluice, stop_hub.
+source bench/hub.sh
 
 # Sluice with other write delays than its default (10ms): without write
 # coalescing (every event woken at once), and with longer delays, to show

@@ -250,6 +250,54 @@ async fn fanout_delivers_every_event_to_every_subscriber_over_each_transport() {
     }
 }
 
+/// The floor loads no hub: its own writer thread sends every subscriber
+/// every event, as many writes as its ticks had events, and the same
+/// readers as fan-out's count them all.
+#[tokio::test]
+async fn floor_delivers_every_event_to_every_subscriber_without_a_hub() {
+    for delay in ["10ms", "0s"] {
+        let args = [
+            "floor",
+            "--subscribers",
+            "6",
+            "--rate",
+            "200",
+            "--write-delay",
+            delay,
+            "--duration",
+            "1s",
+        ];
+        let report = run_bench(&args, &[]).await;
+        assert_eq!(report["scenario"], "floor");
+        assert!(report.get("url").is_none(), "{report:#}");
+        assert_eq!(report["events"], 200, "{report:#}");
+        assert_eq!(report["expected"], 1200, "{report:#}");
+        assert_eq!(report["received"], 1200, "{report:#}");
+        assert_eq!(report["delivery_ratio"], 1.0);
+        assert_eq!(report["lost_subscribers"], 0);
+        assert_eq!(number(&report, "/latency/count"), 1200.0);
+        let writes = number(&report, "/writes");
+        assert!(
+            writes > 0.0 && writes <= 1200.0 && writes % 6.0 == 0.0,
+            "one write per subscriber per tick with events: {report:#}"
+        );
+        if delay == "10ms" {
+            assert!(
+                writes <= 6.0 * 101.0,
+                "at most a write per tick: {report:#}"
+            );
+        }
+        assert!(number(&report, "/writer_seconds") > 0.0, "{report:#}");
+        let per_write = number(&report, "/writer_us_per_write");
+        let per_delivery = number(&report, "/writer_us_per_delivery");
+        assert!(
+            (per_delivery * 1200.0 - per_write * writes).abs() < 1e-6 * per_write * writes,
+            "both from the same CPU time: {report:#}"
+        );
+        assert!(number(&report, "/cpu/bench_seconds") > 0.0, "{report:#}");
+    }
+}
+
 /// Fan-out over three nodes on one Redis: each topic is published on one
 /// node only (3 publishers, one per node, and event n is on topic n mod 3,
 /// by publisher n mod 3), and its subscribers are on every node, so that a
@@ -377,6 +425,7 @@ async fn scenarios_that_cannot_measure_say_why() {
             "no NDJSON",
         ),
         (&["fanout", "--size", "10"], "--size must be at least 14"),
+        (&["floor", "--size", "10"], "--size must be at least 14"),
         // Only fanout spreads its load over several nodes.
         (
             &["ingest", "--url", "http://127.0.0.1:1"],

@@ -130,7 +130,17 @@ impl Cpu {
 
 /// User and system time of this process, all threads.
 fn own_cpu_time() -> anyhow::Result<Duration> {
-    let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+    cpu_time(UsageWho::RUSAGE_SELF)
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu_time() -> anyhow::Result<Duration> {
+    cpu_time(UsageWho::RUSAGE_THREAD)
+}
+
+/// CPU time, user and system, of this process or thread.
+fn cpu_time(who: UsageWho) -> anyhow::Result<Duration> {
+    let usage = getrusage(who).context("getrusage")?;
     Ok(duration(usage.user_time()) + duration(usage.system_time()))
 }
 

@@ -17,42 +17,22 @@
 //!
 //! Each event's data starts with its send time (`stamp.rs`), from which the
 //! subscribers take its latency on arrival. The subscribers are read by
-//! `--readers` threads of their own, each with a single-threaded runtime
-//! that multiplexes its share of the sockets through one read buffer: the
-//! per-connection state is a few bytes of decoding, so that ten thousand
-//! subscribers cost the bench little memory, and a read costs one system
-//! call and a scan for `%` over what it brought, without parsing.
+//! `--readers` threads of their own (`readers.rs`).
 
-use std::cell::RefCell;
-use std::future::poll_fn;
 use std::num::NonZeroUsize;
-use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::cpu::{Cpu, CpuMeter};
 use super::http::{Connection, Target, refusal};
-use super::hubs::{Flavor, Interest, Opened, Stamped, Transport, open_all};
-use super::stamp::{self, Scanner};
-use super::wire::Framing;
-use super::{Latency, Outcome, grouped, histogram, parse_count, parse_size, ws};
-
-/// Bytes each reader thread reads from a socket at a time.
-const READ_SIZE: usize = 256 * 1024;
-
-/// How often the end of the drain is checked for.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
+use super::hubs::{Flavor, Interest, Stamped, Transport, open_all};
+use super::readers::Readers;
+use super::stamp::{self, micros};
+use super::{Latency, Outcome, grouped, histogram, parse_count, parse_size};
 
 #[derive(clap::Args, Debug)]
 pub struct FanoutArgs {
@@ -175,52 +155,21 @@ impl FanoutArgs {
         let requests = plan.requests(self.flavor, targets, self.transport)?;
         let epoch = Instant::now();
 
-        // The subscribers, all open before anything is published.
+        // The subscribers, all open before anything is published: reader
+        // r opens subscribers r, r + readers, …
         let open_start = Instant::now();
-        let stop = CancellationToken::new();
-        let received = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
-        let mut ready = Vec::new();
-        for r in 0..readers {
-            let share: Vec<(usize, Bytes)> = (r as usize..requests.len())
-                .step_by(readers as usize)
-                .map(|i| requests[i].clone())
-                .collect();
-            let (opened, ready_rx) = tokio::sync::oneshot::channel();
-            let reader = Reader {
-                targets: targets.to_vec(),
-                transport: self.transport,
-                epoch,
-                stop: stop.clone(),
-                received: received.clone(),
-            };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("bench-reader-{r}"))
-                    .spawn(move || reader.run(share, opened))?,
-            );
-            ready.push(ready_rx);
-        }
-        let mut opening = Ok(());
-        for ready in ready {
-            let result = ready
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a reader thread failed")));
-            opening = opening.and(result);
-        }
-        let stop_readers = || {
-            stop.cancel();
-            tokio::task::spawn_blocking(move || {
-                threads
-                    .into_iter()
-                    .map(|thread| thread.join().expect("reader threads do not panic"))
-                    .fold(Readings::new(), Readings::add)
-            })
+        let (requests, targets_of_readers) = (Arc::new(requests), targets.to_vec());
+        let transport = self.transport;
+        let open = move |r: u32| {
+            let (requests, targets) = (requests.clone(), targets_of_readers.clone());
+            async move {
+                let share = (r as usize..requests.len())
+                    .step_by(readers as usize)
+                    .map(|i| (&targets[requests[i].0], requests[i].1.clone()));
+                open_all(transport, share).await
+            }
         };
-        if let Err(error) = opening {
-            stop_readers().await?;
-            return Err(error.context("opening the subscribers"));
-        }
+        let subscribers = Readers::start(readers, transport, epoch, open).await?;
         let open_seconds = open_start.elapsed().as_secs_f64();
         let mut connections = Vec::with_capacity(self.publishers as usize);
         for p in 0..self.publishers {
@@ -267,12 +216,8 @@ impl FanoutArgs {
         }
         let publish_seconds = start.elapsed().as_secs_f64();
         let expected = plan.expected(&published.per_topic);
-        let drain_end = tokio::time::Instant::now() + self.drain;
-        while received.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < drain_end
-        {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-        let readings = stop_readers().await?;
+        subscribers.drain(expected, self.drain).await;
+        let readings = subscribers.stop().await?;
         let cpu = span.finish(readings.received)?;
 
         let acknowledged = published.per_topic.iter().sum();
@@ -524,236 +469,6 @@ async fn publish(
         }
     }
     published
-}
-
-fn micros(duration: Duration) -> u64 {
-    duration.as_micros() as u64
-}
-
-/// What the subscribers of reader threads counted.
-struct Readings {
-    latency: Histogram<u64>,
-    received: u64,
-    /// When the last event arrived, since the epoch.
-    last_arrival: Option<Duration>,
-    lost: u64,
-    first_loss: Option<String>,
-}
-
-impl Readings {
-    fn new() -> Readings {
-        Readings {
-            latency: histogram(),
-            received: 0,
-            last_arrival: None,
-            lost: 0,
-            first_loss: None,
-        }
-    }
-
-    fn add(mut self, other: Readings) -> Readings {
-        self.latency
-            .add(&other.latency)
-            .expect("histograms of the same bounds add up");
-        self.received += other.received;
-        self.last_arrival = self.last_arrival.max(other.last_arrival);
-        self.lost += other.lost;
-        self.first_loss = self.first_loss.or(other.first_loss);
-        self
-    }
-}
-
-/// A reader thread's settings.
-struct Reader {
-    /// The nodes, which the subscribers' requests refer to by index.
-    targets: Vec<Target>,
-    transport: Transport,
-    epoch: Instant,
-    stop: CancellationToken,
-    /// Events received by all readers, for the drain to know when all have
-    /// come.
-    received: Arc<AtomicU64>,
-}
-
-/// What a reader thread's subscribers share: its one read buffer, and its
-/// counts.
-struct Shared {
-    buffer: RefCell<Vec<u8>>,
-    readings: RefCell<Readings>,
-}
-
-impl Reader {
-    /// Opens the subscriptions of `requests` (each with its node), says so
-    /// on `ready`, then reads them until stopped.
-    fn run(
-        self,
-        requests: Vec<(usize, Bytes)>,
-        ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
-    ) -> Readings {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                let _ = ready.send(Err(error.into()));
-                return Readings::new();
-            }
-        };
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, async move {
-            let requests = requests
-                .into_iter()
-                .map(|(hub, request)| (&self.targets[hub], request));
-            let opened = match open_all(self.transport, requests).await {
-                Ok(opened) => opened,
-                Err(error) => {
-                    let _ = ready.send(Err(error));
-                    return Readings::new();
-                }
-            };
-            let _ = ready.send(Ok(()));
-            let shared = Rc::new(Shared {
-                buffer: RefCell::new(vec![0; READ_SIZE]),
-                readings: RefCell::new(Readings::new()),
-            });
-            let reader = Rc::new(self);
-            let tasks: Vec<_> = opened
-                .into_iter()
-                .map(|opened| {
-                    let subscriber = Subscriber::new(opened, reader.transport);
-                    tokio::task::spawn_local(subscriber.read(reader.clone(), shared.clone()))
-                })
-                .collect();
-            for task in tasks {
-                task.await.expect("subscribers do not panic");
-            }
-            Rc::try_unwrap(shared)
-                .ok()
-                .expect("every subscriber has ended")
-                .readings
-                .into_inner()
-        })
-    }
-}
-
-/// How a subscriber's stream is framed.
-enum Decoder {
-    /// SSE and NDJSON: an HTTP body, chunked (Sluice) or up to the
-    /// connection's end (nchan).
-    Http(Framing),
-    Ws(ws::Frames),
-}
-
-/// One subscriber's connection and where its decoding is.
-struct Subscriber {
-    socket: TcpStream,
-    decoder: Decoder,
-    stamps: Scanner,
-    /// What came with the response's head, not yet decoded.
-    pending: Vec<u8>,
-}
-
-impl Subscriber {
-    fn new(opened: Opened, transport: Transport) -> Subscriber {
-        Subscriber {
-            socket: opened.socket,
-            decoder: match transport {
-                Transport::Ws => Decoder::Ws(ws::Frames::default()),
-                Transport::Sse | Transport::Ndjson => Decoder::Http(opened.framing),
-            },
-            stamps: Scanner::default(),
-            pending: opened.received,
-        }
-    }
-
-    /// Reads until stopped or lost.
-    async fn read(mut self, reader: Rc<Reader>, shared: Rc<Shared>) {
-        let pending = std::mem::take(&mut self.pending);
-        let mut outcome = self.decode(&pending, &reader, &shared);
-        while outcome.is_ok() {
-            tokio::select! {
-                biased;
-                () = reader.stop.cancelled() => return,
-                read = poll_fn(|cx| self.poll_read(cx, &reader, &shared)) => outcome = read,
-            }
-            if let (Ok(()), Decoder::Ws(frames)) = (&outcome, &mut self.decoder)
-                && let Some(replies) = frames.take_replies()
-            {
-                outcome = self
-                    .socket
-                    .write_all(&replies)
-                    .await
-                    .context("answering a ping");
-            }
-        }
-        if let Err(error) = outcome {
-            let mut readings = shared.readings.borrow_mut();
-            readings.lost += 1;
-            readings
-                .first_loss
-                .get_or_insert_with(|| format!("{error:#}"));
-        }
-    }
-
-    /// Reads once from the socket, into the thread's buffer, and decodes
-    /// what came. The buffer is borrowed only within this call, which does
-    /// not wait: the subscribers of the thread take turns with it.
-    fn poll_read(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: &Reader,
-        shared: &Shared,
-    ) -> Poll<anyhow::Result<()>> {
-        let mut buffer = shared.buffer.borrow_mut();
-        let mut read = ReadBuf::new(&mut buffer);
-        match Pin::new(&mut self.socket).poll_read(cx, &mut read) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
-            Poll::Ready(Ok(())) if read.filled().is_empty() => {
-                Poll::Ready(Err(anyhow::anyhow!("the hub closed the connection")))
-            }
-            Poll::Ready(Ok(())) => Poll::Ready(self.decode(read.filled(), reader, shared)),
-        }
-    }
-
-    /// Decodes bytes of the stream, counting each event in them and taking
-    /// its latency, all of them as of now.
-    fn decode(&mut self, bytes: &[u8], reader: &Reader, shared: &Shared) -> anyhow::Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let now = reader.epoch.elapsed();
-        let arrival = micros(now);
-        let mut readings = shared.readings.borrow_mut();
-        let before = readings.received;
-        let mut found = |sent: u64| {
-            readings
-                .latency
-                .saturating_record(arrival.saturating_sub(sent));
-            readings.received += 1;
-        };
-        let stamps = &mut self.stamps;
-        match &mut self.decoder {
-            Decoder::Http(framing) => {
-                framing.feed(bytes, &mut |data| {
-                    stamps.feed(data, &mut found);
-                    Ok(())
-                })?;
-                anyhow::ensure!(!framing.ended(), "the hub ended the stream");
-            }
-            Decoder::Ws(frames) => {
-                frames.feed(bytes, &mut |data| stamps.feed(data, &mut found))?;
-                anyhow::ensure!(!frames.closed(), "the hub closed the WebSocket");
-            }
-        }
-        let new = readings.received - before;
-        if new > 0 {
-            readings.last_arrival = Some(now);
-            reader.received.fetch_add(new, Ordering::Relaxed);
-        }
-        Ok(())
-    }
 }
 
 impl Outcome for FanoutOutcome {

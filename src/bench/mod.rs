@@ -21,11 +21,13 @@
 
 mod cpu;
 pub mod fanout;
+pub mod floor;
 mod http;
 mod hubs;
 pub mod idle;
 pub mod ingest;
 mod memory;
+mod readers;
 pub mod replay;
 mod stamp;
 mod wire;
@@ -90,6 +92,9 @@ pub enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// The hub's memory per idle SSE connection.
     Idle(idle::IdleArgs),
+    /// The floor under `fanout`'s hub CPU per delivery on this machine:
+    /// the CPU a bare writer of the same bytes needs, with no hub.
+    Floor(floor::FloorArgs),
 }
 
 /// What a scenario measured: serialized as the JSON output, and shown as
@@ -131,6 +136,7 @@ impl BenchArgs {
             Scenario::Fanout(args) => {
                 emit("fanout", &targets, json, &args.run(&targets, cpu).await?)
             }
+            Scenario::Floor(args) => emit("floor", &[], json, &args.run(cpu).await?),
             Scenario::Idle(args) => {
                 let target = one_hub("idle", &targets)?;
                 let outcome = args.run(target, &self.common.hub_pid).await?;
@@ -171,10 +177,14 @@ enum Urls<'a> {
 }
 
 impl<'a> Urls<'a> {
-    fn of(targets: &'a [Target]) -> Urls<'a> {
+    /// None for a scenario that loads no hub (`floor`).
+    fn of(targets: &'a [Target]) -> Option<Urls<'a>> {
         match targets {
-            [target] => Urls::Url(&target.url),
-            _ => Urls::Urls(targets.iter().map(|target| target.url.as_str()).collect()),
+            [] => None,
+            [target] => Some(Urls::Url(&target.url)),
+            _ => Some(Urls::Urls(
+                targets.iter().map(|target| target.url.as_str()).collect(),
+            )),
         }
     }
 
@@ -200,7 +210,7 @@ fn emit<O: Outcome>(
         struct Envelope<'a, O> {
             scenario: &'a str,
             #[serde(flatten)]
-            urls: Urls<'a>,
+            urls: Option<Urls<'a>>,
             #[serde(flatten)]
             outcome: &'a O,
         }
@@ -211,7 +221,8 @@ fn emit<O: Outcome>(
         };
         serde_json::to_string_pretty(&envelope)? + "\n"
     } else {
-        let mut rows = vec![("scenario", scenario.to_string()), urls.row()];
+        let mut rows = vec![("scenario", scenario.to_string())];
+        rows.extend(urls.map(|urls| urls.row()));
         rows.extend(outcome.rows());
         let mut text = table(&rows);
         let latencies = outcome.latencies();

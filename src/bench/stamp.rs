@@ -10,6 +10,8 @@
 //! so a subscriber counts events and takes their latencies by scanning for
 //! `%` with `memchr`, without parsing frames or JSON.
 
+use std::time::Duration;
+
 /// Bytes of a stamp.
 pub const LEN: usize = MARK.len() + DIGITS;
 
@@ -26,6 +28,11 @@ pub fn write(into: &mut [u8], micros: u64) {
         *digit = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
+}
+
+/// A time as stamps give it: microseconds (since the run's epoch).
+pub fn micros(duration: Duration) -> u64 {
+    duration.as_micros() as u64
 }
 
 /// Finds the stamps of a stream given in pieces, however it is split.

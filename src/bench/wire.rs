@@ -32,7 +32,7 @@ pub fn parse_head(bytes: &[u8]) -> anyhow::Result<Option<(StatusCode, Framing, u
             .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
     };
     let framing = if header("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
-        Framing::Chunked(Chunked::Size(Vec::new()))
+        Framing::chunked()
     } else if let Some(length) = header("content-length") {
         Framing::Length(length.parse().context("a malformed Content-Length")?)
     } else {
@@ -66,6 +66,11 @@ pub enum Chunked {
 }
 
 impl Framing {
+    /// A chunked body, before its first chunk.
+    pub fn chunked() -> Framing {
+        Framing::Chunked(Chunked::Size(Vec::new()))
+    }
+
     /// Whether the whole body has been decoded.
     pub fn ended(&self) -> bool {
         matches!(self, Framing::Length(0) | Framing::Chunked(Chunked::Done))
@@ -218,15 +223,11 @@ mod tests {
         Ok((body, pending, ended))
     }
 
-    fn chunked() -> Framing {
-        Framing::Chunked(Chunked::Size(Vec::new()))
-    }
-
     #[test]
     fn chunked_bodies_decode_however_they_are_split() {
         let input = b"5\r\nhello\r\n19;name=value\r\n{\"id\":\"1-0\",\"data\":12345}\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1";
         for piece in 1..=input.len() {
-            let (body, after, ended) = decode(chunked(), input, piece).unwrap();
+            let (body, after, ended) = decode(Framing::chunked(), input, piece).unwrap();
             assert_eq!(
                 body, b"hello{\"id\":\"1-0\",\"data\":12345}",
                 "pieces of {piece}"
@@ -237,7 +238,7 @@ mod tests {
                 "pieces of {piece}"
             );
         }
-        let (body, _, ended) = decode(chunked(), b"3\r\nabc\r\n2\r\nde", 4).unwrap();
+        let (body, _, ended) = decode(Framing::chunked(), b"3\r\nabc\r\n2\r\nde", 4).unwrap();
         assert_eq!((body.as_slice(), ended), (&b"abcde"[..], false));
     }
 
@@ -249,10 +250,13 @@ mod tests {
             b"2\r\nabXY",
             b"12345678901234567\r\n",
         ] {
-            assert!(decode(chunked(), input, input.len()).is_err(), "{input:?}");
+            assert!(
+                decode(Framing::chunked(), input, input.len()).is_err(),
+                "{input:?}"
+            );
         }
         let long = vec![b'1'; MAX_LINE + 1];
-        assert!(decode(chunked(), &long, 100).is_err());
+        assert!(decode(Framing::chunked(), &long, 100).is_err());
     }
 
     #[test]
@@ -271,7 +275,7 @@ mod tests {
     fn heads_give_status_framing_and_length() {
         let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n";
         let (status, framing, length) = parse_head(head).unwrap().unwrap();
-        assert_eq!((status, framing), (StatusCode::OK, chunked()));
+        assert_eq!((status, framing), (StatusCode::OK, Framing::chunked()));
         assert_eq!(&head[length..], b"5\r\n");
         let (status, framing, _) =
             parse_head(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n")

@@ -1,0 +1,42 @@
+# Sourced by the benchmark scripts that start Sluice hubs one after another
+# (nchan.sh, floor.sh), with WORK set to their temporary directory: builds
+# Sluice in release mode, copies the binary into WORK as BIN (so that builds
+# of the same tree during a run cannot replace it), and defines start_sluice
+# and stop_hub, stop_hub also on exit.
+
+cargo build --release --quiet
+BIN="$WORK/sluice"
+cp "${CARGO_TARGET_DIR:-target}/release/sluice" "$BIN"
+
+HUB_PID=
+stop_hub() {
+  if [ -n "$HUB_PID" ]; then
+    kill -TERM "$HUB_PID" 2>/dev/null || true
+    wait "$HUB_PID" 2>/dev/null || true
+    HUB_PID=
+  fi
+}
+trap stop_hub EXIT
+
+# start_sluice [ARGS...]: a new hub, history in memory, with its default
+# settings and ARGS; sets HUB_PID, HUB_PIDS, HUB_URL. Its connection limits
+# (10,000 in all and 256 per client address by default) are raised, through
+# the environment, for the bench's subscribers.
+start_sluice() {
+  : >"$WORK/sluice.out"
+  SLUICE_MAX_CONNECTIONS=1000000 SLUICE_MAX_CONNECTIONS_PER_IP=1000000 \
+    "$BIN" serve --listen 127.0.0.1:0 --storage memory --log-level warn "$@" \
+    >"$WORK/sluice.out" 2>>"$WORK/sluice.log" &
+  HUB_PID=$!
+  HUB_PIDS=$HUB_PID
+  HUB_URL=
+  for _ in $(seq 100); do
+    HUB_URL="$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/sluice.out")"
+    [ -n "$HUB_URL" ] && return
+    kill -0 "$HUB_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "sluice did not start:" >&2
+  cat "$WORK/sluice.log" >&2
+  exit 1
+}
