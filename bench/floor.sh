@@ -3,14 +3,15 @@
 # delivery"): the hub's CPU per delivery to 1,000 SSE subscribers of one
 # topic at 1,000 events/s of 100 bytes, beside what a bare writer of the same
 # bytes needs on this machine (`sluice bench floor`, no hub), at each write
-# delay of DELAYS.
+# delay of DELAYS: one thread writing every socket (`--writer thread`), and a
+# task per socket, as the hub has (`--writer tasks`).
 #
-#   bash bench/floor.sh                     # about 5 minutes after the build
+#   bash bench/floor.sh                     # about 7 minutes after the build
 #   REPEAT=5 DELAYS="10ms 15ms" bash bench/floor.sh
 #
 # Each repetition runs, for each delay, a new hub with `--write-delay` and
 # `sluice bench fanout` against it, then `sluice bench floor` with the same
-# delay, so that both see the machine in the same state. At the end it
+# delay and each writer, so that all see the machine in the same state. At the end it
 # prints a markdown table of the medians; the raw JSON of every run is kept
 # in the temporary directory named at the end.
 set -euo pipefail
@@ -38,9 +39,11 @@ for run in $(seq "$REPEAT"); do
       --url "$HUB_URL" --hub-pid "$HUB_PIDS" --json >"$file"
     printf '%s\tsluice\t%s\n' "$delay" "$file" >>"$INDEX"
     stop_hub
-    file="$WORK/floor-$delay-$run.json"
-    "$BIN" bench floor "${LOAD[@]}" --write-delay "$delay" --json >"$file"
-    printf '%s\tfloor\t%s\n' "$delay" "$file" >>"$INDEX"
+    for writer in thread tasks; do
+      file="$WORK/floor-$writer-$delay-$run.json"
+      "$BIN" bench floor "${LOAD[@]}" --write-delay "$delay" --writer "$writer" --json >"$file"
+      printf '%s\t%s\t%s\n' "$delay" "$writer" "$file" >>"$INDEX"
+    done
   done
 done
 
@@ -65,16 +68,19 @@ def median(reports, *path):
     return statistics.median(value(r) for r in reports)
 
 print(f"Medians of {repeat} runs.\n")
-print("| Write delay | Sluice µs/delivery | p99 ms | delivery ratio | floor µs/delivery | floor µs/write | p99 ms | delivery ratio | Sluice − floor µs | Sluice / floor |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| Write delay | Sluice µs/delivery | p99 ms | floor, one thread: µs/delivery | µs/write | p99 ms | floor, a task per socket: µs/delivery | µs/write | p99 ms | Sluice / thread floor | Sluice / tasks floor |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for delay, kinds in runs.items():
-    s, f = kinds["sluice"], kinds["floor"]
+    s = kinds["sluice"]
+    assert all(r["delivery_ratio"] == 1.0 for rs in kinds.values() for r in rs), f"{delay}: events lost"
     hub = median(s, "cpu", "hub_us_per_event")
-    floor = median(f, "writer_us_per_delivery")
-    print(f"| {delay} | {hub:.3f} | {median(s, 'latency', 'p99_us') / 1000:.1f} "
-          f"| {median(s, 'delivery_ratio'):.4f} "
-          f"| {floor:.3f} | {median(f, 'writer_us_per_write'):.2f} "
-          f"| {median(f, 'latency', 'p99_us') / 1000:.1f} | {median(f, 'delivery_ratio'):.4f} "
-          f"| {hub - floor:.3f} | {hub / floor:.2f}x |")
+    row = f"| {delay} | {hub:.3f} | {median(s, 'latency', 'p99_us') / 1000:.1f} "
+    floors = []
+    for writer in ["thread", "tasks"]:
+        f = kinds[writer]
+        floors.append(median(f, "writer_us_per_delivery"))
+        row += (f"| {floors[-1]:.3f} | {median(f, 'writer_us_per_write'):.2f} "
+                f"| {median(f, 'latency', 'p99_us') / 1000:.1f} ")
+    print(row + "".join(f"| {hub / floor:.2f}x " for floor in floors) + "|")
 PY
 echo "Raw results (JSON, one file per run): $WORK" >&2

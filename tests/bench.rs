@@ -250,14 +250,16 @@ async fn fanout_delivers_every_event_to_every_subscriber_over_each_transport() {
     }
 }
 
-/// The floor loads no hub: its own writer thread sends every subscriber
-/// every event, as many writes as its ticks had events, and the same
-/// readers as fan-out's count them all.
+/// The floor loads no hub: its own writer (a thread, or a task per socket)
+/// sends every subscriber every event, as many writes as its ticks had
+/// events, and the same readers as fan-out's count them all.
 #[tokio::test]
 async fn floor_delivers_every_event_to_every_subscriber_without_a_hub() {
-    for delay in ["10ms", "0s"] {
+    for (writer, delay) in [("thread", "10ms"), ("thread", "0s"), ("tasks", "10ms")] {
         let args = [
             "floor",
+            "--writer",
+            writer,
             "--subscribers",
             "6",
             "--rate",
@@ -269,6 +271,7 @@ async fn floor_delivers_every_event_to_every_subscriber_without_a_hub() {
         ];
         let report = run_bench(&args, &[]).await;
         assert_eq!(report["scenario"], "floor");
+        assert_eq!(report["writer"], writer);
         assert!(report.get("url").is_none(), "{report:#}");
         assert_eq!(report["events"], 200, "{report:#}");
         assert_eq!(report["expected"], 1200, "{report:#}");

@@ -130,18 +130,18 @@ impl Cpu {
 
 /// User and system time of this process, all threads.
 fn own_cpu_time() -> anyhow::Result<Duration> {
-    cpu_time(UsageWho::RUSAGE_SELF)
-}
-
-/// CPU time of the calling thread.
-pub fn thread_cpu_time() -> anyhow::Result<Duration> {
-    cpu_time(UsageWho::RUSAGE_THREAD)
-}
-
-/// CPU time, user and system, of this process or thread.
-fn cpu_time(who: UsageWho) -> anyhow::Result<Duration> {
-    let usage = getrusage(who).context("getrusage")?;
+    let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
     Ok(duration(usage.user_time()) + duration(usage.system_time()))
+}
+
+/// CPU time of this process's threads named `name`, from their
+/// `schedstat` as for a hub's (those that have ended are not counted).
+pub fn threads_cpu_time(name: &str) -> anyhow::Result<Duration> {
+    let named = |task: &std::path::Path| {
+        std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+    };
+    let threads = task_times("/proc/self/task", named)?;
+    Ok(Duration::from_nanos(threads.values().sum()))
 }
 
 fn duration(time: TimeVal) -> Duration {
@@ -158,13 +158,27 @@ type Threads = HashMap<u32, u64>;
 /// coarse for a replay that lasts a few of them.
 fn hub_threads(pid: u32) -> anyhow::Result<Threads> {
     let tasks = format!("/proc/{pid}/task");
-    let cannot = || format!("cannot read the hub's CPU time (--hub-pid {pid}) in {tasks}");
+    let threads = task_times(&tasks, |_| true)
+        .with_context(|| format!("cannot read the hub's CPU time (--hub-pid {pid}) in {tasks}"))?;
+    anyhow::ensure!(
+        !threads.is_empty(),
+        "cannot read the hub's CPU time (--hub-pid {pid}) in {tasks}"
+    );
+    Ok(threads)
+}
+
+/// The CPU times of the threads in `tasks` (a process's `/proc/…/task`)
+/// that `keep` keeps.
+fn task_times(tasks: &str, keep: impl Fn(&std::path::Path) -> bool) -> anyhow::Result<Threads> {
     let mut threads = Threads::new();
-    for entry in std::fs::read_dir(&tasks).with_context(cannot)? {
-        let entry = entry.with_context(cannot)?;
+    for entry in std::fs::read_dir(tasks)? {
+        let entry = entry?;
         let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
             continue;
         };
+        if !keep(&entry.path()) {
+            continue;
+        }
         // A thread that ended since the directory was listed has no time
         // left to count.
         if let Ok(schedstat) = std::fs::read_to_string(entry.path().join("schedstat")) {
@@ -173,7 +187,6 @@ fn hub_threads(pid: u32) -> anyhow::Result<Threads> {
             threads.insert(tid, nanos);
         }
     }
-    anyhow::ensure!(!threads.is_empty(), "{}", cannot());
     Ok(threads)
 }
 

@@ -18,16 +18,22 @@
 //! so that the receiving side costs what it costs there; each event's stamp
 //! is the time it came due, its publish in a hub.
 
+use std::future::poll_fn;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
+use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
-use super::cpu::{Cpu, CpuMeter, thread_cpu_time};
+use super::cpu::{Cpu, CpuMeter, threads_cpu_time};
 use super::hubs::{Opened, Transport};
 use super::readers::Readers;
 use super::stamp::{self, micros};
@@ -62,11 +68,15 @@ pub struct FloorArgs {
     /// default.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub readers: Option<u32>,
+    /// Who writes: one thread through every socket, or a task per socket.
+    #[arg(long, value_enum, default_value_t = WriterKind::Thread)]
+    pub writer: WriterKind,
 }
 
 /// What `floor` measured.
 #[derive(Debug, Serialize)]
 pub struct FloorOutcome {
+    pub writer: WriterKind,
     pub subscribers: u64,
     pub rate: u64,
     pub size: usize,
@@ -88,7 +98,7 @@ pub struct FloorOutcome {
     pub deliveries_per_second: f64,
     /// Socket writes: one per subscriber per write tick with events.
     pub writes: u64,
-    /// CPU seconds of the writer thread, user and system: the floor.
+    /// CPU seconds of the writer's threads: the floor.
     pub writer_seconds: f64,
     /// The writer's CPU microseconds per delivery received.
     pub writer_us_per_delivery: f64,
@@ -153,24 +163,17 @@ impl FloorArgs {
         let sockets = accept.await??;
 
         let span = cpu.start()?;
-        let writer = Writer {
-            sockets,
-            rate: self.rate,
-            size: self.size,
-            delay: self.write_delay,
-            epoch,
-            start: Instant::now(),
-            duration: self.duration,
-        };
-        let first_due = writer.start.duration_since(epoch);
-        // A thread of its own, named for `perf report --comm`.
+        let start = Instant::now();
+        let schedule = Schedule::new(&self, epoch, start);
+        let kind = self.writer;
         let writer = std::thread::Builder::new()
-            .name("bench-writer".into())
-            .spawn(move || writer.run())?;
+            .name(WRITER_THREADS.into())
+            .spawn(move || write_all_due(kind, sockets, schedule))?;
         let written =
             tokio::task::spawn_blocking(|| writer.join().expect("the writer does not panic"))
                 .await?
                 .context("writing to the subscribers")?;
+        let first_due = start.duration_since(epoch);
         let expected = written.events * self.subscribers;
         connections.drain(expected, self.drain).await;
         let readings = connections.stop().await?;
@@ -185,6 +188,7 @@ impl FloorArgs {
             count => written.cpu.as_secs_f64() * 1e6 / count as f64,
         };
         Ok(FloorOutcome {
+            writer: self.writer,
             subscribers: self.subscribers,
             rate: self.rate,
             size: self.size,
@@ -213,83 +217,92 @@ impl FloorArgs {
     }
 }
 
-/// The bare writer: a thread that writes every due event to every socket.
-struct Writer {
-    sockets: Vec<TcpStream>,
+/// Who writes the sockets.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriterKind {
+    /// One thread goes through every socket at each write: the least a
+    /// program can do.
+    Thread,
+    /// A tokio task per socket, woken at each write by a tick task, on a
+    /// runtime with a worker thread per core, as the hub's subscribers
+    /// are: the floor of the hub's design, without the rest of the hub.
+    Tasks,
+}
+
+/// The name of the writer's threads, whose CPU time is the floor's.
+const WRITER_THREADS: &str = "bench-writer";
+
+/// When the events come due, and the chunk of those due at each write.
+struct Schedule {
     rate: u64,
-    size: usize,
     delay: Duration,
     /// The clock of the stamps.
     epoch: Instant,
-    /// Event n comes due at `start + n / rate`, while before `start +
-    /// duration`.
+    /// Event n comes due at `start + n / rate`.
     start: Instant,
-    duration: Duration,
-}
-
-/// What the writer did.
-struct Written {
+    /// Events due before the end: those with `n / rate < duration`.
     events: u64,
-    writes: u64,
-    /// Its thread's CPU time.
-    cpu: Duration,
-    /// The sockets, to be closed only once the readers have stopped (a
-    /// reader counts a closed connection as a lost subscriber).
-    sockets: Vec<TcpStream>,
+    /// Events written so far.
+    sent: u64,
+    /// The last write's time.
+    tick: Instant,
+    ids: IdGenerator,
+    /// An event's data, stamped anew for each.
+    data: Vec<u8>,
 }
 
-impl Writer {
-    fn run(self) -> anyhow::Result<Written> {
-        // Event n is due before the end if n / rate < duration.
-        let events =
-            (self.duration.as_nanos() * u128::from(self.rate)).div_ceil(1_000_000_000) as u64;
-        let cpu_start = thread_cpu_time()?;
-        let mut ids = IdGenerator::above(EventId::ZERO);
-        let mut data = vec![b'x'; self.size];
-        let mut chunk = Vec::new();
-        let (mut sent, mut writes) = (0, 0);
-        let mut tick = self.start;
-        while sent < events {
-            // The next write: a delay after the last, or with no delay the
-            // next event's due time.
-            tick = match self.delay.is_zero() {
-                true => self.start + self.due(sent),
-                false => tick + self.delay,
-            };
-            if let Some(wait) = tick.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            // Everything due by now: a writer that fell behind catches up
-            // in one write, as the hub's subscribers take all they have.
-            let upto = self.due_by(self.start.elapsed()).min(events);
-            if upto == sent {
-                continue;
-            }
-            // One chunk of the events due, encoded once for every socket.
-            let mut frames = Vec::new();
-            for n in sent..upto {
-                stamp::write(&mut data, micros(self.start + self.due(n) - self.epoch));
-                let text = std::str::from_utf8(&data).expect("a stamp and x's are text");
-                let id = ids.next(self.due(n).as_millis() as u64);
-                frames.extend_from_slice(&frame::sse_event(Some(id), None, text));
-            }
-            chunk.clear();
-            write!(chunk, "{:x}\r\n", frames.len())?;
-            chunk.extend_from_slice(&frames);
-            chunk.extend_from_slice(b"\r\n");
-            for mut socket in &self.sockets {
-                socket.write_all(&chunk)?;
-            }
-            writes += self.sockets.len() as u64;
-            sent = upto;
+impl Schedule {
+    fn new(args: &FloorArgs, epoch: Instant, start: Instant) -> Schedule {
+        Schedule {
+            rate: args.rate,
+            delay: args.write_delay,
+            epoch,
+            start,
+            events: (args.duration.as_nanos() * u128::from(args.rate)).div_ceil(1_000_000_000)
+                as u64,
+            sent: 0,
+            tick: start,
+            ids: IdGenerator::above(EventId::ZERO),
+            data: vec![b'x'; args.size],
         }
-        let cpu = thread_cpu_time()? - cpu_start;
-        Ok(Written {
-            events,
-            writes,
-            cpu,
-            sockets: self.sockets,
-        })
+    }
+
+    /// The time of the next write: a delay after the last, or with no
+    /// delay the next event's due time; `None` once every event is out.
+    fn next_tick(&mut self) -> Option<Instant> {
+        if self.sent == self.events {
+            return None;
+        }
+        self.tick = match self.delay.is_zero() {
+            true => self.start + self.due(self.sent),
+            false => self.tick + self.delay,
+        };
+        Some(self.tick)
+    }
+
+    /// The events due by now and not written yet, as one chunk of the
+    /// chunked coding, encoded once for every socket: a writer that fell
+    /// behind catches up in one write, as the hub's subscribers take all
+    /// they have. `None` when none is due.
+    fn due_chunk(&mut self) -> Option<Bytes> {
+        let upto = self.due_by(self.start.elapsed()).min(self.events);
+        if upto == self.sent {
+            return None;
+        }
+        let mut frames = Vec::new();
+        for n in self.sent..upto {
+            let due = self.due(n);
+            stamp::write(&mut self.data, micros(self.start + due - self.epoch));
+            let text = std::str::from_utf8(&self.data).expect("a stamp and x's are text");
+            let id = self.ids.next(due.as_millis() as u64);
+            frames.extend_from_slice(&frame::sse_event(Some(id), None, text));
+        }
+        self.sent = upto;
+        let mut chunk = format!("{:x}\r\n", frames.len()).into_bytes();
+        chunk.extend_from_slice(&frames);
+        chunk.extend_from_slice(b"\r\n");
+        Some(chunk.into())
     }
 
     /// When event `n` comes due, after the start.
@@ -304,10 +317,177 @@ impl Writer {
     }
 }
 
+/// What the writer did.
+struct Written {
+    events: u64,
+    /// Socket writes, a chunk each.
+    writes: u64,
+    /// CPU time of the writer's threads.
+    cpu: Duration,
+    /// The sockets, to be closed only once the readers have stopped (a
+    /// reader counts a closed connection as a lost subscriber).
+    sockets: Vec<TcpStream>,
+}
+
+/// Writes every event of `schedule` to every socket, with `kind` of
+/// writer; runs on a thread of its own, named for `perf report --comm`.
+fn write_all_due(
+    kind: WriterKind,
+    sockets: Vec<TcpStream>,
+    mut schedule: Schedule,
+) -> anyhow::Result<Written> {
+    let cpu_start = threads_cpu_time(WRITER_THREADS)?;
+    let events = schedule.events;
+    let (writes, sockets) = match kind {
+        WriterKind::Thread => {
+            let mut writes = 0;
+            while let Some(tick) = schedule.next_tick() {
+                if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if let Some(chunk) = schedule.due_chunk() {
+                    for mut socket in &sockets {
+                        socket.write_all(&chunk)?;
+                    }
+                    writes += sockets.len() as u64;
+                }
+            }
+            (writes, sockets)
+        }
+        WriterKind::Tasks => {
+            let workers = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name(WRITER_THREADS)
+                .enable_all()
+                .build()?;
+            let written =
+                runtime.block_on(runtime.spawn(write_from_tasks(sockets, schedule)))??;
+            // Before the runtime's threads end, and their times with them.
+            let cpu = threads_cpu_time(WRITER_THREADS)? - cpu_start;
+            let (writes, sockets) = written;
+            return Ok(Written {
+                events,
+                writes,
+                cpu,
+                sockets,
+            });
+        }
+    };
+    Ok(Written {
+        events,
+        writes,
+        cpu: threads_cpu_time(WRITER_THREADS)? - cpu_start,
+        sockets,
+    })
+}
+
+/// The tasks writer: a tick task hands each chunk to every socket's slot,
+/// and each socket's task writes what its slot holds. Returns the writes
+/// and the sockets.
+async fn write_from_tasks(
+    sockets: Vec<TcpStream>,
+    mut schedule: Schedule,
+) -> anyhow::Result<(u64, Vec<TcpStream>)> {
+    let mut slots = Vec::with_capacity(sockets.len());
+    let mut tasks = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::TcpStream::from_std(socket)?;
+        let slot = Arc::new(Slot::default());
+        slots.push(slot.clone());
+        tasks.push(tokio::spawn(write_slot(socket, slot)));
+    }
+    while let Some(tick) = schedule.next_tick() {
+        tokio::time::sleep_until(tick.into()).await;
+        if let Some(chunk) = schedule.due_chunk() {
+            for slot in &slots {
+                slot.give(Some(chunk.clone()));
+            }
+        }
+    }
+    for slot in &slots {
+        slot.give(None);
+    }
+    let (mut writes, mut sockets) = (0, Vec::with_capacity(tasks.len()));
+    for task in tasks {
+        let (socket, written) = task.await??;
+        writes += written;
+        sockets.push(socket.into_std()?);
+    }
+    Ok((writes, sockets))
+}
+
+/// A socket's chunks to write and its task's waker: the hub's mailbox,
+/// reduced to what the floor needs.
+#[derive(Default)]
+struct Slot(Mutex<SlotState>);
+
+#[derive(Default)]
+struct SlotState {
+    chunks: Vec<Bytes>,
+    finished: bool,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    /// Hands the socket's task a chunk, or the end (`None`), and wakes it.
+    fn give(&self, chunk: Option<Bytes>) {
+        let mut state = self.0.lock();
+        match chunk {
+            Some(chunk) => state.chunks.push(chunk),
+            None => state.finished = true,
+        }
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Swaps the chunks given into `into`, or says that none will come
+    /// (`false`), or waits.
+    fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<Bytes>) -> Poll<bool> {
+        let mut state = self.0.lock();
+        if !state.chunks.is_empty() {
+            std::mem::swap(&mut state.chunks, into);
+            Poll::Ready(true)
+        } else if state.finished {
+            Poll::Ready(false)
+        } else {
+            state.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// A socket's task: writes the chunks of its slot as they come, until the
+/// end. Returns the socket and its writes.
+async fn write_slot(
+    mut socket: tokio::net::TcpStream,
+    slot: Arc<Slot>,
+) -> std::io::Result<(tokio::net::TcpStream, u64)> {
+    let (mut chunks, mut writes) = (Vec::new(), 0);
+    while poll_fn(|cx| slot.poll_take(cx, &mut chunks)).await {
+        for chunk in chunks.drain(..) {
+            socket.write_all(&chunk).await?;
+            writes += 1;
+        }
+    }
+    Ok((socket, writes))
+}
+
 impl Outcome for FloorOutcome {
     fn rows(&self) -> Vec<(&'static str, String)> {
         let mut rows = vec![
-            ("writer", "a thread of this bench, no hub".to_string()),
+            (
+                "writer",
+                match self.writer {
+                    WriterKind::Thread => "a thread of this bench, no hub",
+                    WriterKind::Tasks => "a task per socket in this bench, no hub",
+                }
+                .to_string(),
+            ),
             (
                 "subscribers",
                 format!(
@@ -370,41 +550,90 @@ impl Outcome for FloorOutcome {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use clap::Parser;
 
-    fn paced(rate: u64, duration: Duration) -> Writer {
+    use super::*;
+    use crate::bench::stamp::Scanner;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FloorArgs,
+    }
+
+    /// A schedule of `rate` events per second for `duration`, and `delay`.
+    fn schedule(rate: u64, duration: Duration, delay: &str) -> Schedule {
+        let args = Cli::parse_from([
+            "floor",
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            &humantime::format_duration(duration).to_string(),
+            "--write-delay",
+            delay,
+            "--size",
+            "20",
+        ])
+        .args;
         let now = Instant::now();
-        Writer {
-            sockets: Vec::new(),
-            rate,
-            size: stamp::LEN,
-            delay: Duration::from_millis(10),
-            epoch: now,
-            start: now,
-            duration,
+        Schedule::new(&args, now, now)
+    }
+
+    #[test]
+    fn events_come_due_at_the_rate_until_the_end() {
+        let second = schedule(1000, Duration::from_secs(1), "10ms");
+        assert_eq!(second.due(0), Duration::ZERO);
+        assert_eq!(second.due(15), Duration::from_millis(15));
+        assert_eq!(second.due_by(Duration::ZERO), 1, "event 0 is due at once");
+        assert_eq!(second.due_by(Duration::from_micros(14_999)), 15);
+        assert_eq!(second.due_by(Duration::from_millis(15)), 16);
+        assert_eq!(second.events, 1000);
+        let third = schedule(3, Duration::from_secs(1), "10ms");
+        assert_eq!(third.due_by(Duration::from_millis(333)), 1);
+        assert_eq!(third.due_by(Duration::from_millis(334)), 2);
+        assert_eq!(third.events, 3, "due at 0, 333 and 667 ms");
+        let edge = schedule(100, Duration::from_micros(30_500), "10ms");
+        assert_eq!(edge.events, 4, "due at 0, 10, 20 and 30 ms");
+    }
+
+    #[test]
+    fn the_chunks_carry_every_event_once_in_order_in_chunked_coding() {
+        for delay in ["0s", "10ms"] {
+            let mut schedule = schedule(200, Duration::from_millis(50), delay);
+            let (mut framing, mut stamps) = (Framing::chunked(), Scanner::default());
+            let (mut found, mut chunks) = (Vec::new(), 0);
+            while let Some(tick) = schedule.next_tick() {
+                if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if let Some(chunk) = schedule.due_chunk() {
+                    chunks += 1;
+                    framing
+                        .feed(&chunk, &mut |data| {
+                            stamps.feed(data, &mut |micros| found.push(micros));
+                            Ok(())
+                        })
+                        .unwrap();
+                }
+            }
+            let due: Vec<u64> = (0..10).map(|n| n * 5_000).collect();
+            assert_eq!(found, due, "{delay}: each event's stamp is its due time");
+            assert!(!framing.ended(), "no last chunk: the stream goes on");
+            assert!((1..=10).contains(&chunks), "{delay}: {chunks} chunks");
         }
     }
 
     #[test]
-    fn events_come_due_at_the_rate() {
-        let writer = paced(1000, Duration::from_secs(1));
-        assert_eq!(writer.due(0), Duration::ZERO);
-        assert_eq!(writer.due(15), Duration::from_millis(15));
-        assert_eq!(writer.due_by(Duration::ZERO), 1, "event 0 is due at once");
-        assert_eq!(writer.due_by(Duration::from_micros(14_999)), 15);
-        assert_eq!(writer.due_by(Duration::from_millis(15)), 16);
-        let third = paced(3, Duration::from_secs(1));
-        assert_eq!(third.due_by(Duration::from_millis(333)), 1);
-        assert_eq!(third.due_by(Duration::from_millis(334)), 2);
-    }
-
-    #[test]
-    fn a_run_writes_the_events_due_before_its_end() {
-        // No sockets: the events are counted, and nothing is written.
-        let written = paced(1000, Duration::from_millis(50)).run().unwrap();
-        assert_eq!(written.events, 50, "events 0 to 49, due at 0 to 49 ms");
-        assert_eq!(written.writes, 0);
-        let written = paced(100, Duration::from_micros(30_500)).run().unwrap();
-        assert_eq!(written.events, 4, "due at 0, 10, 20 and 30 ms");
+    fn both_writers_count_the_events_of_a_run_without_sockets() {
+        for kind in [WriterKind::Thread, WriterKind::Tasks] {
+            let written = write_all_due(
+                kind,
+                Vec::new(),
+                schedule(1000, Duration::from_millis(30), "10ms"),
+            )
+            .unwrap();
+            assert_eq!(written.events, 30, "{kind:?}");
+            assert_eq!(written.writes, 0, "{kind:?}");
+        }
     }
 }
