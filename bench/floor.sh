@@ -26,14 +26,14 @@ ulimit -n "$(ulimit -Hn)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-floor-bench.XXXXXX")"
 INDEX="$WORK/index.tsv"
 : >"$INDEX"
-# BIN, start_sluice, stop_hub.
+# BIN, start_sluice_with, stop_hub.
 source bench/hub.sh
 
 LOAD=(-n 1000 --rate 1000 --size 100 --duration "$DURATION")
 for run in $(seq "$REPEAT"); do
   for delay in $DELAYS; do
     echo "run $run, write delay $delay" >&2
-    start_sluice --write-delay "$delay"
+    start_sluice_with --storage memory --write-delay "$delay"
     file="$WORK/sluice-$delay-$run.json"
     "$BIN" bench fanout "${LOAD[@]}" --transport sse --publishers 16 \
       --url "$HUB_URL" --hub-pid "$HUB_PIDS" --json >"$file"

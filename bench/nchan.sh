@@ -57,8 +57,14 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-nchan-bench.XXXXXX")"
 INDEX="$WORK/index.tsv"
 : >"$INDEX"
-# BIN, start_sluice, stop_hub.
+# BIN, start_sluice_with, stop_hub.
 source bench/hub.sh
+
+# start_sluice [ARGS...]: the hub named `sluice` in the tables, with its
+# history in memory.
+start_sluice() {
+  start_sluice_with --storage memory "$@"
+}
 
 # Sluice with other write delays than its default (10ms): without write
 # coalescing (every event woken at once), and with longer delays, to show

@@ -20,46 +20,21 @@ cd "$(dirname "$0")/.."
 REPEAT="${REPEAT:-3}"
 DURATION="${DURATION:-3s}"
 
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-target}/release/sluice"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-storage-bench.XXXXXX")"
 INDEX="$WORK/index.tsv"
 : >"$INDEX"
-
-HUB_PID=
-stop_hub() {
-  if [ -n "$HUB_PID" ]; then
-    kill -TERM "$HUB_PID" 2>/dev/null || true
-    wait "$HUB_PID" 2>/dev/null || true
-    HUB_PID=
-  fi
-  rm -rf "$WORK/data"
-}
-trap stop_hub EXIT
+# BIN, start_sluice_with, stop_hub.
+source bench/hub.sh
+trap 'stop_hub; rm -rf "$WORK/data"' EXIT
 
 # start_hub SERVE-ARGS...: starts a hub with an empty data directory, sets
 # HUB_PID and HUB_URL.
 start_hub() {
   rm -rf "$WORK/data"
-  # Emptied here, not only by the hub's redirection, which happens in the
-  # background: the previous hub's address must not be read for this one's.
-  : >"$WORK/hub.out"
   # History large enough that no run loses events to retention, nor spends
   # time on it.
-  "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" \
-    --history-max-events 100000000 --history-max-bytes 64GiB \
-    --log-level warn "$@" >"$WORK/hub.out" 2>>"$WORK/hub.log" &
-  HUB_PID=$!
-  HUB_URL=
-  for _ in $(seq 200); do
-    HUB_URL="$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/hub.out")"
-    [ -n "$HUB_URL" ] && return
-    kill -0 "$HUB_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "the hub ($*) did not start:" >&2
-  cat "$WORK/hub.log" >&2
-  exit 1
+  start_sluice_with --data-dir "$WORK/data" \
+    --history-max-events 100000000 --history-max-bytes 64GiB "$@"
 }
 
 # measure STORAGE SERVE-ARGS -- SCENARIO BENCH-ARGS...: REPEAT runs of one

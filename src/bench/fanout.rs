@@ -19,7 +19,6 @@
 //! subscribers take its latency on arrival. The subscribers are read by
 //! `--readers` threads of their own (`readers.rs`).
 
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,14 +135,8 @@ impl FanoutArgs {
             "--wildcards cannot be more than --subscribers"
         );
         anyhow::ensure!(self.rate >= 1, "--rate must be at least 1");
-        anyhow::ensure!(
-            self.size >= stamp::LEN,
-            "--size must be at least {} bytes: the data starts with its send time",
-            stamp::LEN
-        );
-        let readers = self.readers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u32
-        });
+        stamp::check_size(self.size)?;
+        let readers = Readers::count(self.readers);
         let run = uuid::Uuid::new_v4().simple().to_string();
         let plan = Plan::new(
             &run[..8],

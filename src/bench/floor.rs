@@ -114,14 +114,8 @@ impl FloorArgs {
     pub async fn run(self, cpu: CpuMeter) -> anyhow::Result<FloorOutcome> {
         anyhow::ensure!(self.subscribers >= 1, "--subscribers must be at least 1");
         anyhow::ensure!(self.rate >= 1, "--rate must be at least 1");
-        anyhow::ensure!(
-            self.size >= stamp::LEN,
-            "--size must be at least {} bytes: the data starts with its due time",
-            stamp::LEN
-        );
-        let readers = self.readers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u32
-        });
+        stamp::check_size(self.size)?;
+        let readers = Readers::count(self.readers);
         let epoch = Instant::now();
 
         // The subscribers' connections: the readers connect their share

@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,6 +48,13 @@ pub struct Readers {
 }
 
 impl Readers {
+    /// How many reader threads: as many as asked for, or one per core.
+    pub fn count(asked: Option<u32>) -> u32 {
+        asked.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, NonZeroUsize::get) as u32
+        })
+    }
+
     /// Starts `count` reader threads: thread `r` opens its subscribers with
     /// the future `open(r)`, on its own runtime, and reads them as
     /// `transport` frames them, taking latencies against `epoch`. Resolves

@@ -20,6 +20,15 @@ const MARK: &[u8; 2] = b"%t";
 /// Digits of the microseconds: 10¹² µs is eleven days.
 const DIGITS: usize = 12;
 
+/// Checks that events of `size` bytes of data have room for their stamp.
+pub fn check_size(size: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        size >= LEN,
+        "--size must be at least {LEN} bytes: the data starts with its stamp"
+    );
+    Ok(())
+}
+
 /// Writes the stamp of `micros` over the first `LEN` bytes of `into`.
 pub fn write(into: &mut [u8], micros: u64) {
     into[..MARK.len()].copy_from_slice(MARK);
