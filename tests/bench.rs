@@ -301,6 +301,25 @@ async fn floor_delivers_every_event_to_every_subscriber_without_a_hub() {
     }
 }
 
+/// A floor that cannot open its sockets (fewer files allowed than it needs)
+/// fails at once, saying why, rather than waiting for connections.
+#[tokio::test]
+async fn a_floor_without_enough_open_files_says_so() {
+    let output = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 64 && exec \"$0\" bench floor -n 100 --duration 1s",
+            env!("CARGO_BIN_EXE_sluice"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Too many open files"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
 /// Fan-out over three nodes on one Redis: each topic is published on one
 /// node only (3 publishers, one per node, and event n is on topic n mod 3,
 /// by publisher n mod 3), and its subscribers are on every node, so that a

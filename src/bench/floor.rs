@@ -153,8 +153,29 @@ impl FloorArgs {
             }
             Ok(opened)
         };
-        let connections = Readers::start(readers, Transport::Sse, epoch, open).await?;
-        let sockets = accept.await??;
+        let accepting = "accepting the subscribers' connections";
+        let connections = match Readers::start(readers, Transport::Sse, epoch, open).await {
+            Ok(connections) => connections,
+            // When the accepting side failed (out of open files), its
+            // error is the cause: the readers' is a refused connection.
+            Err(error) if accept.is_finished() => {
+                return Err(match accept.await? {
+                    Err(cause) => cause.context(accepting),
+                    Ok(_) => error,
+                });
+            }
+            Err(error) => {
+                accept.abort();
+                return Err(error);
+            }
+        };
+        let sockets = match accept.await? {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                connections.stop().await?;
+                return Err(error.context(accepting));
+            }
+        };
 
         let span = cpu.start()?;
         let start = Instant::now();
