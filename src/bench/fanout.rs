@@ -31,7 +31,7 @@ use super::http::{Connection, Target, refusal};
 use super::hubs::{Flavor, Interest, Stamped, Transport, open_all};
 use super::readers::Readers;
 use super::stamp::{self, micros};
-use super::{Latency, Outcome, grouped, histogram, parse_count, parse_size};
+use super::{Latency, Outcome, grouped, histogram, parse_count, parse_size, ratio};
 
 #[derive(clap::Args, Debug)]
 pub struct FanoutArgs {
@@ -247,15 +247,6 @@ impl FanoutArgs {
             publish_latency: Latency::from(&published.latency),
             cpu,
         })
-    }
-}
-
-/// `part / whole`, 0 when there is no whole.
-fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
     }
 }
 

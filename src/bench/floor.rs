@@ -1,18 +1,21 @@
 //! `sluice bench floor`: what the fan-out's writes cost this machine with
-//! no hub at all, the floor under any hub's CPU per delivery.
+//! no hub at all, the floor under a hub's CPU per delivery.
 //!
 //! Why: a hub's CPU per delivery is mostly the kernel's (two thirds to four
 //! fifths of it in `perf`, docs/BENCHMARKS.md), and how much that is
 //! changes from host to host. This scenario measures it directly: a bare
-//! writer, one thread of the bench, sends `--subscribers` sockets the SSE
-//! frames of `--rate` events per second, every `--write-delay` all that came
-//! due since the last write, as one chunk of HTTP's chunked coding, the
-//! same bytes as the hub's detached writer sends (`http::direct`). It does
-//! the least a hub could: the events are encoded once per tick into one
-//! buffer, which goes to every socket in one `write` each, with no request
-//! parsed, no event stored, no subscriber's state kept. Its CPU time over
-//! its deliveries is the floor, to put beside `fanout`'s hub CPU per
-//! delivery at the same delay, on the same machine, in the same hour.
+//! writer sends `--subscribers` sockets of the bench's own the SSE frames
+//! of `--rate` events per second, every `--write-delay` all that came due
+//! since the last write, as one chunk of HTTP's chunked coding, the same
+//! bytes as the hub's detached writer sends (`http::direct`). The events
+//! are encoded once per write into one buffer, which goes to every socket
+//! in one `send` each, with no request parsed, no event stored, no
+//! subscriber's state kept: from one thread (`--writer thread`, the least
+//! a program can do), or from a tokio task per socket woken for each write
+//! (`--writer tasks`, the least a hub with a task per subscriber can do).
+//! The writer's CPU time over its deliveries is the floor, to put beside
+//! `fanout`'s hub CPU per delivery at the same delay, on the same machine,
+//! in the same hour.
 //!
 //! The subscribers are the same reader threads as `fanout`'s (`readers.rs`),
 //! so that the receiving side costs what it costs there; each event's stamp
@@ -38,7 +41,7 @@ use super::hubs::{Opened, Transport};
 use super::readers::Readers;
 use super::stamp::{self, micros};
 use super::wire::Framing;
-use super::{Latency, Outcome, grouped, parse_count, parse_size};
+use super::{Latency, Outcome, grouped, parse_count, parse_size, ratio};
 use crate::event::{EventId, IdGenerator};
 use crate::frame;
 
@@ -131,8 +134,9 @@ impl FloorArgs {
             while (sockets.len() as u64) < subscribers {
                 let (socket, _) = listener.accept().await?;
                 let socket = socket.into_std()?;
-                // Blocking writes, as a thread of its own does them; no
-                // delay, as the hub sets on its sockets.
+                // Blocking, for the thread writer (the tasks writer makes
+                // them non-blocking again); no delay, as the hub sets on
+                // its sockets.
                 socket.set_nonblocking(false)?;
                 socket.set_nodelay(true)?;
                 sockets.push(socket);
@@ -212,10 +216,7 @@ impl FloorArgs {
             events: written.events,
             expected,
             received: readings.received,
-            delivery_ratio: match expected {
-                0 => 0.0,
-                expected => readings.received as f64 / expected as f64,
-            },
+            delivery_ratio: ratio(readings.received, expected),
             lost_subscribers: readings.lost,
             seconds,
             deliveries_per_second: match seconds > 0.0 {
@@ -353,7 +354,7 @@ fn write_all_due(
 ) -> anyhow::Result<Written> {
     let cpu_start = threads_cpu_time(WRITER_THREADS)?;
     let events = schedule.events;
-    let (writes, sockets) = match kind {
+    let ((writes, sockets), cpu_end) = match kind {
         WriterKind::Thread => {
             let mut writes = 0;
             while let Some(tick) = schedule.next_tick() {
@@ -367,7 +368,7 @@ fn write_all_due(
                     writes += sockets.len() as u64;
                 }
             }
-            (writes, sockets)
+            ((writes, sockets), threads_cpu_time(WRITER_THREADS)?)
         }
         WriterKind::Tasks => {
             let workers = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
@@ -379,20 +380,13 @@ fn write_all_due(
             let written =
                 runtime.block_on(runtime.spawn(write_from_tasks(sockets, schedule)))??;
             // Before the runtime's threads end, and their times with them.
-            let cpu = threads_cpu_time(WRITER_THREADS)? - cpu_start;
-            let (writes, sockets) = written;
-            return Ok(Written {
-                events,
-                writes,
-                cpu,
-                sockets,
-            });
+            (written, threads_cpu_time(WRITER_THREADS)?)
         }
     };
     Ok(Written {
         events,
         writes,
-        cpu: threads_cpu_time(WRITER_THREADS)? - cpu_start,
+        cpu: cpu_end - cpu_start,
         sockets,
     })
 }

@@ -158,6 +158,15 @@ fn one_hub<'a>(scenario: &str, targets: &'a [Target]) -> anyhow::Result<&'a Targ
     }
 }
 
+/// `part / whole`, 0 when there is no whole.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
 /// Raises this process's limit of open files to the most it may have:
 /// `fanout` and `idle` hold a socket per subscriber.
 fn raise_open_files() -> anyhow::Result<()> {
