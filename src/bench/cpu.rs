@@ -158,12 +158,9 @@ type Threads = HashMap<u32, u64>;
 /// coarse for a replay that lasts a few of them.
 fn hub_threads(pid: u32) -> anyhow::Result<Threads> {
     let tasks = format!("/proc/{pid}/task");
-    let threads = task_times(&tasks, |_| true)
-        .with_context(|| format!("cannot read the hub's CPU time (--hub-pid {pid}) in {tasks}"))?;
-    anyhow::ensure!(
-        !threads.is_empty(),
-        "cannot read the hub's CPU time (--hub-pid {pid}) in {tasks}"
-    );
+    let cannot = || format!("cannot read the hub's CPU time (--hub-pid {pid}) in {tasks}");
+    let threads = task_times(&tasks, |_| true).with_context(cannot)?;
+    anyhow::ensure!(!threads.is_empty(), "{}", cannot());
     Ok(threads)
 }
 

@@ -168,7 +168,8 @@ fn ratio(part: u64, whole: u64) -> f64 {
 }
 
 /// Raises this process's limit of open files to the most it may have:
-/// `fanout` and `idle` hold a socket per subscriber.
+/// `fanout` and `idle` hold a socket per subscriber, `floor` two (both
+/// ends).
 fn raise_open_files() -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
