@@ -64,6 +64,11 @@ pub struct Metrics {
     pub publish_duration: Histogram,
     /// From the fan-out queueing a live event to a transport writing it.
     pub fanout_latency: Histogram,
+    /// Batches the write tick wrote to a subscriber's socket itself,
+    /// without waking its task (see `hub::outlet`): whole, and in part
+    /// (the socket was full, and the task was woken to write the rest).
+    pub tick_writes_whole: IntCounter,
+    pub tick_writes_partial: IntCounter,
     rejected: IntCounterVec,
     sse: TransportMetrics,
     ndjson: TransportMetrics,
@@ -164,6 +169,17 @@ impl Metrics {
         .expect("valid metric");
         add(Box::new(rejected.clone()));
 
+        let tick_writes = IntCounterVec::new(
+            Opts::new(
+                "sluice_tick_writes_total",
+                "Batches the write tick wrote to a subscriber's socket itself, by whether \
+                 the socket took all of it",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        add(Box::new(tick_writes.clone()));
+
         Metrics {
             events_published: counter(
                 "sluice_events_published_total",
@@ -197,6 +213,8 @@ impl Metrics {
                 "sluice_fanout_latency_seconds",
                 "Time from the fan-out queueing a live event to a transport writing it",
             ),
+            tick_writes_whole: tick_writes.with_label_values(&["whole"]),
+            tick_writes_partial: tick_writes.with_label_values(&["partial"]),
             subscriptions: gauge("sluice_subscriptions", "Active subscriptions"),
             history_events: gauge("sluice_history_events", "Events retained in history"),
             history_bytes: gauge(

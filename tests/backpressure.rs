@@ -206,3 +206,111 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The write tick writes a waiting subscriber's batch itself. When the
+/// socket is full it writes what fits and leaves the rest to the
+/// subscriber's own writer: a reader that stops reading for a while, then
+/// reads again, gets every event once, in order, in well-formed chunks,
+/// and is not cut off while its mailbox has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pauses_gets_every_event_whole_after_the_tick_left_a_write_to_it() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let hub = Hub::start(&[
+        "--socket-send-buffer",
+        "64KiB",
+        "--subscriber-buffer",
+        "20000",
+        "--history-max-events",
+        "20000",
+    ])
+    .await;
+    let mut paused = stalled_subscriber(&hub, "pause", "paused").await;
+    let filler = "x".repeat(1000);
+    let mut published = Vec::new();
+    // Small batches, every 2 ms: several in each 10 ms tick, so that the
+    // tick, not the task (which the first event of each tick wakes), writes
+    // most of them. Until the socket is full and a tick has had to leave
+    // part of a write (a few hundred KB on loopback with these buffers),
+    // then a little more.
+    const SMALL: usize = 5;
+    let mut number = 0;
+    let mut after_full = 50;
+    while after_full > 0 {
+        let body: String = (number..number + SMALL)
+            .map(|n| format!("{{\"topic\":\"pause\",\"data\":\"{n}-{filler}\"}}\n"))
+            .collect();
+        number += SMALL;
+        published.extend(hub.publish_batch(body).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if after_full < 50 || (number % 100 == 0 && tick_writes(&hub, "partial").await > 0.0) {
+            after_full -= 1;
+        }
+        assert!(number < 15_000, "the tick never found the socket full");
+    }
+    assert!(
+        tick_writes(&hub, "whole").await > 0.0,
+        "the tick wrote whole batches too"
+    );
+
+    let last = format!("id: {}\n", published.last().unwrap());
+    let reading = tokio::task::spawn_blocking(move || {
+        paused
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut raw = Vec::new();
+        let mut buffer = vec![0; 1 << 16];
+        loop {
+            let n = paused
+                .read(&mut buffer)
+                .expect("the paused reader's stream stays open");
+            assert!(n > 0, "the paused reader's stream ended early");
+            raw.extend_from_slice(&buffer[..n]);
+            let Some(head_end) = find(&raw, b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            let body = dechunk(&raw[head_end + 4..]);
+            if find(&body, last.as_bytes()).is_some_and(|at| find(&body[at..], b"\n\n").is_some()) {
+                return body;
+            }
+        }
+    });
+    let body = reading.await.unwrap();
+    let ids: Vec<String> = body
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"id: "))
+        .map(|id| String::from_utf8(id.to_vec()).unwrap())
+        .collect();
+    assert_eq!(ids.len(), published.len(), "every event, once");
+    assert_eq!(ids, published, "in order");
+    let (_, health) = hub.get_json("/health").await;
+    assert_eq!(health["slow_disconnects"], 0, "nobody was cut off");
+}
+
+/// `sluice_tick_writes_total{outcome="…"}` from `/metrics`.
+async fn tick_writes(hub: &Hub, outcome: &str) -> f64 {
+    let series = format!("sluice_tick_writes_total{{outcome=\"{outcome}\"}} ");
+    let text = hub.get_text("/metrics").await;
+    let line = text.lines().find_map(|line| line.strip_prefix(&series));
+    line.expect("the series is there").parse().unwrap()
+}
+
+/// The body of a chunked response whose last chunk has not come: every
+/// chunk whole, its size line right and its CRLF after it; a chunk cut
+/// short at the end is dropped.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(line_end) = find(raw, b"\r\n") {
+        let size = std::str::from_utf8(&raw[..line_end]).unwrap();
+        let size = usize::from_str_radix(size, 16).unwrap_or_else(|_| panic!("size {size:?}"));
+        let chunk = &raw[line_end + 2..];
+        if chunk.len() < size + 2 {
+            break;
+        }
+        assert_eq!(&chunk[size..size + 2], b"\r\n", "a chunk ends with CRLF");
+        body.extend_from_slice(&chunk[..size]);
+        raw = &chunk[size + 2..];
+    }
+    body
+}

@@ -463,6 +463,11 @@ where
 pub struct Expiry(Option<Pin<Box<Sleep>>>);
 
 impl Expiry {
+    /// When the token expires, if it does.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.0.as_ref().map(|sleep| sleep.deadline())
+    }
+
     /// Resolves when the token expires.
     pub async fn wait(&mut self) {
         match &mut self.0 {

@@ -19,24 +19,30 @@
 //! finishes, and cut short when it is aborted, as hyper does. The
 //! connection closes after the response, as its head says. TLS, HTTP/2,
 //! HTTP/1.0 and `HEAD` keep hyper's writer.
+//!
+//! Such a response also gives the hub's write tick an [`Outlet`] to its
+//! socket, through which the tick writes batches itself while the
+//! connection's task waits (see `hub::outlet`); the task writes what the
+//! tick could not, before anything else.
 
 use std::future::poll_fn;
 use std::io::{self, Write as _};
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::subscribe::{Feed, Stop};
+use super::subscribe::{Feed, Stop, TickWriter};
 use super::writev;
+use crate::hub::outlet::{LastChunk, Mailbox, Outlet, Queued, Wrote};
 
 /// A subscription's feed in its response's extensions (whose values must
 /// be `Clone`), for the connection to take.
@@ -141,19 +147,32 @@ pub fn head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
 /// preamble are dropped once written; and the close token is polled only
 /// while a write waits for room, for a cut-off closes the subscriber's
 /// mailbox (which ends the feed) before it cancels the token.
-pub async fn write(socket: impl AsRef<TcpStream>, mut detached: Box<Detached>) {
-    let socket = socket.as_ref();
+pub async fn write<S>(socket: S, mut detached: Box<Detached>)
+where
+    S: AsRef<TcpStream> + Send + Sync + 'static,
+{
+    let socket = Arc::new(socket);
     let Detached { head, feed, close } = &mut *detached;
+    let outlet = Arc::new(DirectOutlet::new(socket.clone(), feed.tick_writer()));
+    // Closed however this ends, before the socket can be: the tick writes
+    // to it no more.
+    let _closed = Closing(&outlet);
+    let socket = (*socket).as_ref();
     let writing = async {
         let preamble = feed.preamble();
-        send(socket, close, head, preamble.as_slice()).await?;
+        send(socket, &outlet, close, head, preamble.as_slice()).await?;
         drop(preamble);
         *head = Vec::new();
+        feed.set_outlet(outlet.clone());
         loop {
             match feed.next().await {
-                Ok(chunks) => send(socket, close, b"", &chunks).await?,
+                Ok(chunks) => send(socket, &outlet, close, b"", &chunks).await?,
                 Err(Stop::Finished) => {
-                    return write_all(socket, close, || std::iter::once(LAST_CHUNK)).await;
+                    // Possibly while the tick could write (an expired
+                    // token ends a feed that waits): it must not now.
+                    outlet.close();
+                    let last = || std::iter::once(LAST_CHUNK);
+                    return write_all(socket, &outlet, close, last).await;
                 }
                 Err(Stop::Aborted) => return Ok(()),
             }
@@ -175,22 +194,25 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Writes `before`, then `chunks` as one chunk of the body.
 async fn send(
     socket: &TcpStream,
+    outlet: &DirectOutlet,
     close: &CancellationToken,
     before: &[u8],
     chunks: &[Bytes],
 ) -> io::Result<()> {
-    let mut size = [0u8; 20];
-    let size = size_line(&mut size, chunks)?;
-    write_all(socket, close, || chunk_parts(before, size, chunks)).await
+    let mut size = [0u8; 18];
+    let size = size_line(&mut size, chunks.iter().map(Bytes::len).sum());
+    write_all(socket, outlet, close, || chunk_parts(before, size, chunks)).await
 }
 
-/// The size line of `chunks` as one chunk of the body, written into `size`.
-fn size_line<'a>(size: &'a mut [u8; 20], chunks: &[Bytes]) -> io::Result<&'a [u8]> {
-    let len: usize = chunks.iter().map(Bytes::len).sum();
-    let mut line = &mut size[..];
-    write!(line, "{len:x}\r\n")?;
-    let written = 20 - line.len();
-    Ok(&size[..written])
+/// The size line of a chunk of `len` bytes, written into `size`: at most
+/// 16 hexadecimal digits, then CRLF.
+fn size_line(size: &mut [u8; 18], len: usize) -> &[u8] {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (place, digit) in size[..digits].iter_mut().rev().enumerate() {
+        *digit = b"0123456789abcdef"[(len >> (4 * place)) & 0xf];
+    }
+    size[digits..digits + 2].copy_from_slice(b"\r\n");
+    &size[..digits + 2]
 }
 
 /// `before`, then `chunks` as one chunk of the body: its size line, the
@@ -209,10 +231,26 @@ fn chunk_parts<'a>(
     std::iter::once(before).chain(chunk.into_iter().flatten())
 }
 
+/// Writes what the write tick left in `outlet`, then `parts`. Taking
+/// what it left waits for a write of the tick's under way; the tick
+/// writes no more until the task waits again (`Mailbox::take_waiting`).
+async fn write_all<'a, P: Iterator<Item = &'a [u8]>>(
+    socket: &TcpStream,
+    outlet: &DirectOutlet,
+    close: &CancellationToken,
+    parts: impl Fn() -> P,
+) -> io::Result<()> {
+    let left = outlet.take_leftover();
+    if !left.is_empty() {
+        write_parts(socket, close, || std::iter::once(&left[..])).await?;
+    }
+    write_parts(socket, close, parts).await
+}
+
 /// Writes `parts` in as few system calls as the socket takes (see
 /// [`writev::poll_write_all`]). A cut-off (`close`) stops a write that
 /// waits for room.
-async fn write_all<'a, P: Iterator<Item = &'a [u8]>>(
+async fn write_parts<'a, P: Iterator<Item = &'a [u8]>>(
     socket: &TcpStream,
     close: &CancellationToken,
     parts: impl Fn() -> P,
@@ -233,6 +271,111 @@ async fn write_all<'a, P: Iterator<Item = &'a [u8]>>(
     writev::unless_cut_off(pin!(writing), close)
         .await
         .unwrap_or_else(|| Err(io::Error::other("cut off by the hub")))
+}
+
+/// A detached response's socket, as the write tick writes to it.
+struct DirectOutlet {
+    state: Mutex<OutletState>,
+    writer: TickWriter,
+}
+
+struct OutletState {
+    /// `None` once the response's task is done with the socket.
+    socket: Option<Arc<dyn AsRef<TcpStream> + Send + Sync>>,
+    /// What the socket did not take of the tick's last write: the task
+    /// writes it before anything else.
+    leftover: Bytes,
+}
+
+impl DirectOutlet {
+    fn new(socket: Arc<dyn AsRef<TcpStream> + Send + Sync>, writer: TickWriter) -> Self {
+        DirectOutlet {
+            state: Mutex::new(OutletState {
+                socket: Some(socket),
+                leftover: Bytes::new(),
+            }),
+            writer,
+        }
+    }
+
+    fn take_leftover(&self) -> Bytes {
+        std::mem::take(&mut self.state.lock().leftover)
+    }
+
+    /// The tick writes no more; waits for a write of its under way.
+    fn close(&self) {
+        self.state.lock().socket = None;
+    }
+
+    fn expired(&self) -> bool {
+        self.writer.expires.is_some_and(|at| Instant::now() >= at)
+    }
+}
+
+impl Outlet for DirectOutlet {
+    fn write_through(
+        &self,
+        mailbox: &Mailbox,
+        tick: u64,
+        batch: &mut Vec<Queued>,
+        last: &mut LastChunk,
+    ) -> Wrote {
+        let mut state = self.state.lock();
+        let Some(socket) = &state.socket else {
+            return Wrote::Nothing;
+        };
+        if !state.leftover.is_empty() || self.expired() || !mailbox.take_waiting(tick, batch) {
+            return Wrote::Nothing;
+        }
+        let TickWriter {
+            encoding,
+            meter,
+            info,
+            ..
+        } = &self.writer;
+        // Which encoding, by address: two feeds with the same encoding
+        // share its chunks.
+        let key = *encoding as *const dyn super::subscribe::Encoding as *const () as usize;
+        let chunk = last.get_or_make(key, batch, |batch| chunk_of(*encoding, batch));
+        // `send`, not tokio's `try_write`: a plain system call, with no
+        // file layer (`writev`) and no readiness bookkeeping, which the
+        // task's next write redoes if the socket was full.
+        let sent = socket2::SockRef::from((**socket).as_ref()).send(&chunk);
+        meter.delivered(batch);
+        meter.sent(batch.iter().map(|q| encoding.event(&q.event).len()).sum());
+        info.received(batch);
+        batch.clear();
+        // A failed send leaves the whole chunk: the task's own write then
+        // fails the same way, and ends the response.
+        let sent = sent.unwrap_or(0);
+        if sent == chunk.len() {
+            return Wrote::All;
+        }
+        state.leftover = chunk.slice(sent..);
+        Wrote::Part
+    }
+}
+
+/// Closes an outlet when dropped.
+struct Closing<'a>(&'a DirectOutlet);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// `batch` in `encoding`, as one chunk of the body, in one buffer.
+fn chunk_of(encoding: &dyn super::subscribe::Encoding, batch: &[Queued]) -> Bytes {
+    let frames = || batch.iter().map(|q| encoding.event(&q.event));
+    let len = frames().map(Bytes::len).sum();
+    let mut size = [0u8; 18];
+    let size = size_line(&mut size, len);
+    let mut chunk = BytesMut::with_capacity(size.len() + len + 2);
+    chunk.put_slice(size);
+    frames().for_each(|frame| chunk.put_slice(frame));
+    chunk.put_slice(b"\r\n");
+    chunk.freeze()
 }
 
 /// Resolves when the client closes the connection, or it fails. Anything
@@ -264,8 +407,8 @@ mod tests {
     #[test]
     fn a_batch_is_one_chunk_whose_write_needs_no_allocation() {
         let chunks = [Bytes::from_static(b"data: 1\n\n"), Bytes::from_static(b"x")];
-        let mut size = [0u8; 20];
-        let size = size_line(&mut size, &chunks).unwrap();
+        let mut size = [0u8; 18];
+        let size = size_line(&mut size, 10);
         let before = crate::test_alloc::allocations();
         let slices: writev::Slices<'_> = chunk_parts(b"", size, &chunks)
             .filter(|part| !part.is_empty())
@@ -280,6 +423,20 @@ mod tests {
             [b"head"],
             "no chunk for no bytes: a chunk of size zero ends the body"
         );
+    }
+
+    #[test]
+    fn a_size_line_is_the_length_in_hexadecimal() {
+        let mut size = [0u8; 18];
+        for (len, line) in [
+            (0, "0"),
+            (9, "9"),
+            (16, "10"),
+            (0xabc, "abc"),
+            (usize::MAX, "ffffffffffffffff"),
+        ] {
+            assert_eq!(size_line(&mut size, len), format!("{line}\r\n").as_bytes());
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::auth::{Auth, Caller, Expiry};
 use crate::event::{Event, EventId};
 use crate::frame::{self, Chunks};
 use crate::hub::fanout::{ClientInfo, Transport};
-use crate::hub::presence::{Presence, Reason};
+use crate::hub::outlet::Outlet;
+use crate::hub::presence::{Meter, Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
 use crate::server::ConnInfo;
 
@@ -329,6 +330,22 @@ impl Feed {
         self.preamble.take()
     }
 
+    /// Lets the write tick write this feed's events itself, to `outlet`,
+    /// which [`Feed::tick_writer`] describes (see `hub::outlet`).
+    pub fn set_outlet(&self, outlet: Arc<dyn Outlet>) {
+        self.subscription.mailbox().set_outlet(outlet);
+    }
+
+    /// How the write tick must write this feed's events.
+    pub fn tick_writer(&self) -> TickWriter {
+        TickWriter {
+            encoding: self.encoding,
+            meter: self.presence.meter(),
+            info: self.subscription.info().clone(),
+            expires: self.expiry.deadline().map(Into::into),
+        }
+    }
+
     /// The chunks of the next item, as soon as there is one.
     pub async fn next(&mut self) -> Result<Chunks, Stop> {
         let encoding = self.encoding;
@@ -348,6 +365,8 @@ impl Feed {
             }
             Ok(Item::Gap { requested, oldest }) => smallvec![encoding.gap(requested, oldest)],
             Ok(Item::KeepAlive) => smallvec![encoding.keepalive()],
+            // Nothing of its own: the writer writes what the tick left.
+            Ok(Item::Flush) => Chunks::new(),
             Err(End::Closed) => return Err(Stop::Finished),
             Err(End::Failed) => {
                 self.presence.end(Reason::Error);
@@ -361,6 +380,18 @@ impl Feed {
         self.presence.sent(chunks.iter().map(Bytes::len).sum());
         Ok(chunks)
     }
+}
+
+/// What the write tick needs to write a feed's events as its writer would.
+pub struct TickWriter {
+    pub encoding: &'static dyn Encoding,
+    /// Counts what is written, as the feed's presence does.
+    pub meter: Meter,
+    /// Notes what the client received, as the subscription does.
+    pub info: Arc<ClientInfo>,
+    /// When the caller's token expires: from then on, the feed's own
+    /// writer must end the stream, and the tick writes nothing more.
+    pub expires: Option<std::time::Instant>,
 }
 
 /// The response to a subscription: its head, and `feed` as its body. On a

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::mailbox::Queued;
 use super::mailbox::{Ending, Mailbox, Pushed};
+use super::outlet::{LastChunk, Wrote};
 use crate::event::{Event, EventId};
 use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
@@ -63,6 +64,17 @@ pub struct ClientInfo {
     pub connected_at: DateTime<Utc>,
     pub events_received: AtomicU64,
     pub last_event_id: Mutex<Option<EventId>>,
+}
+
+impl ClientInfo {
+    /// Notes a batch written to the client.
+    pub fn received(&self, batch: &[Queued]) {
+        if let Some(last) = batch.last() {
+            let received = batch.len() as u64;
+            self.events_received.fetch_add(received, Ordering::Relaxed);
+            *self.last_event_id.lock() = Some(last.event.id);
+        }
+    }
 }
 
 /// A subscriber as `/clients` shows it.
@@ -112,6 +124,15 @@ pub struct Fanout {
     metrics: Arc<Metrics>,
     /// Zero: every event wakes its subscribers at once.
     write_delay: Duration,
+}
+
+/// What the write tick keeps from one tick to the next, so that a tick
+/// allocates nothing once the hub has warmed up.
+#[derive(Default)]
+pub struct TickScratch {
+    deferred: Vec<Arc<Mailbox>>,
+    batch: Vec<Queued>,
+    last: LastChunk,
 }
 
 /// What `register` hands back to a new subscriber.
@@ -272,15 +293,38 @@ impl Fanout {
         }
     }
 
-    /// Ends a `write_delay` tick: wakes the subscribers whose events waited
-    /// for it; each takes everything queued since its last wake-up.
-    pub fn tick(&self) {
-        let mut guard = self.registry.lock();
-        let reg = &mut *guard;
-        reg.tick += 1;
-        for mailbox in reg.deferred.drain(..) {
-            mailbox.wake_deferred(reg.tick);
+    /// Ends a `write_delay` tick: the subscribers whose events waited for
+    /// it get everything queued since their last wake-up, written by the
+    /// tick itself where it can (see `hub::outlet`), or else by their
+    /// task, woken for it.
+    ///
+    /// The registry is locked only to swap the list out: dispatch goes on
+    /// while the tick writes. A subscriber that an event reaches meanwhile
+    /// is woken by it as in the next tick, which is the one under way.
+    pub fn tick(&self, scratch: &mut TickScratch) {
+        let tick = {
+            let mut reg = self.registry.lock();
+            reg.tick += 1;
+            std::mem::swap(&mut reg.deferred, &mut scratch.deferred);
+            reg.tick
+        };
+        let (mut whole, mut partial) = (0, 0);
+        for mailbox in scratch.deferred.drain(..) {
+            let wrote = mailbox.outlet().map_or(Wrote::Nothing, |outlet| {
+                outlet.write_through(&mailbox, tick, &mut scratch.batch, &mut scratch.last)
+            });
+            match wrote {
+                Wrote::Nothing => mailbox.wake_deferred(tick),
+                Wrote::All => whole += 1,
+                Wrote::Part => {
+                    partial += 1;
+                    mailbox.flush();
+                }
+            }
         }
+        scratch.last.clear();
+        self.metrics.tick_writes_whole.inc_by(whole);
+        self.metrics.tick_writes_partial.inc_by(partial);
     }
 
     /// Counts a keep-alive tick in every mailbox (see `hub::clock`); the
@@ -324,7 +368,7 @@ impl Fanout {
             .map(|s| ClientSnapshot {
                 info: s.info.clone(),
                 topics: s.filter.listed().map(String::from).collect(),
-                queue_size: s.mailbox.len(),
+                queue_size: s.mailbox.queue_size(),
             })
             .collect()
     }

@@ -16,14 +16,19 @@
 //! this one waker alone: a second thing to wait on (a watch channel, a
 //! token) would register and unregister a waiter under a lock of its own
 //! on every wake-up.
+//!
+//! A subscriber whose connection has an [`Outlet`] can have its batch
+//! written by the write tick itself while its task waits here
+//! ([`Mailbox::take_waiting`]; see `hub::outlet`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use super::clock::KEEPALIVE_TICKS;
+use super::outlet::Outlet;
 use crate::event::Event;
 
 /// An event on its way to a subscriber. A live one carries when the fan-out
@@ -50,6 +55,8 @@ pub enum Pushed {
 pub struct Mailbox {
     capacity: usize,
     state: Mutex<State>,
+    /// The subscriber's socket, if the write tick may write to it.
+    outlet: OnceLock<Arc<dyn Outlet>>,
 }
 
 #[derive(Default)]
@@ -67,6 +74,33 @@ struct State {
     woken_in: u64,
     /// Events wait for the end of the tick.
     deferred: bool,
+    /// The subscriber's task waits here, with nothing else under way: the
+    /// write tick may take its batch ([`Mailbox::take_waiting`]).
+    waiting: bool,
+    /// The write tick left part of a write in the outlet for the task.
+    flush: bool,
+}
+
+impl State {
+    /// What [`Mailbox::poll_take`] hands over, if anything.
+    fn take(&mut self, batch: &mut Vec<Queued>) -> Option<Taken> {
+        if self.ended == Some(Ending::Shutdown) {
+            return Some(Taken::Ended(Ending::Shutdown));
+        }
+        if !self.events.is_empty() {
+            self.quiet = 0;
+            std::mem::swap(&mut self.events, batch);
+            return Some(Taken::Events);
+        }
+        if let Some(ending) = self.ended {
+            return Some(Taken::Ended(ending));
+        }
+        if self.quiet >= KEEPALIVE_TICKS {
+            self.quiet = 0;
+            return Some(Taken::KeepAlive);
+        }
+        self.flush.then_some(Taken::Flush)
+    }
 }
 
 /// Why a mailbox takes no more events.
@@ -88,6 +122,9 @@ pub enum Taken {
     /// The mailbox ended; after a cut-off, everything queued before has
     /// been taken.
     Ended(Ending),
+    /// Nothing new, but the write tick left part of a batch in the
+    /// subscriber's outlet, for its task to write.
+    Flush,
 }
 
 impl Mailbox {
@@ -95,6 +132,47 @@ impl Mailbox {
         Mailbox {
             capacity,
             state: Mutex::new(State::default()),
+            outlet: OnceLock::new(),
+        }
+    }
+
+    /// Lets the write tick write to the subscriber's socket from now on.
+    pub fn set_outlet(&self, outlet: Arc<dyn Outlet>) {
+        // Set once: a subscription has one connection.
+        let _ = self.outlet.set(outlet);
+    }
+
+    pub fn outlet(&self) -> Option<&Arc<dyn Outlet>> {
+        self.outlet.get()
+    }
+
+    /// For the write tick, in tick `tick` (the one that starts): swaps the
+    /// queued events into `batch` (which must be empty) if the subscriber's
+    /// task waits for them and owes no flush, as [`Mailbox::poll_take`]
+    /// would have, and notes the tick as [`Mailbox::wake_deferred`] does,
+    /// without waking the task.
+    pub fn take_waiting(&self, tick: u64, batch: &mut Vec<Queued>) -> bool {
+        debug_assert!(batch.is_empty());
+        let mut state = self.state.lock();
+        if !state.waiting || state.flush || state.ended.is_some() || state.events.is_empty() {
+            return false;
+        }
+        state.quiet = 0;
+        state.deferred = false;
+        state.woken_in = tick + 1;
+        std::mem::swap(&mut state.events, batch);
+        true
+    }
+
+    /// Wakes the subscriber to write what the write tick left in its
+    /// outlet.
+    pub fn flush(&self) {
+        let mut state = self.state.lock();
+        state.flush = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -111,12 +189,16 @@ impl Mailbox {
             return Pushed::Full;
         }
         state.events.push(queued);
+        if state.deferred {
+            // A tick will wake the subscriber: the next, or the one under
+            // way, which has not come to it yet (it goes through its list
+            // after it starts, while events keep coming).
+            return Pushed::Queued;
+        }
         let tick = tick.map(|tick| tick + 1);
         if tick.is_some_and(|tick| tick == state.woken_in) {
-            return match std::mem::replace(&mut state.deferred, true) {
-                false => Pushed::Deferred,
-                true => Pushed::Queued,
-            };
+            state.deferred = true;
+            return Pushed::Deferred;
         }
         state.woken_in = tick.unwrap_or_default();
         let waker = state.waker.take();
@@ -186,20 +268,13 @@ impl Mailbox {
     pub fn poll_take(&self, cx: &mut Context<'_>, batch: &mut Vec<Queued>) -> Poll<Taken> {
         debug_assert!(batch.is_empty());
         let mut state = self.state.lock();
-        if state.ended == Some(Ending::Shutdown) {
-            return Poll::Ready(Taken::Ended(Ending::Shutdown));
-        }
-        if !state.events.is_empty() {
-            state.quiet = 0;
-            std::mem::swap(&mut state.events, batch);
-            return Poll::Ready(Taken::Events);
-        }
-        if let Some(ending) = state.ended {
-            return Poll::Ready(Taken::Ended(ending));
-        }
-        if state.quiet >= KEEPALIVE_TICKS {
-            state.quiet = 0;
-            return Poll::Ready(Taken::KeepAlive);
+        let taken = state.take(batch);
+        // Whatever the task writes next goes after what the tick left, so
+        // any write flushes it.
+        state.flush &= taken.is_none();
+        state.waiting = taken.is_none();
+        if let Some(taken) = taken {
+            return Poll::Ready(taken);
         }
         match &mut state.waker {
             Some(waker) => waker.clone_from(cx.waker()),
@@ -209,7 +284,7 @@ impl Mailbox {
     }
 
     /// Events queued now, for `/clients`.
-    pub fn len(&self) -> usize {
+    pub fn queue_size(&self) -> usize {
         self.state.lock().events.len()
     }
 
@@ -254,7 +329,7 @@ mod tests {
         );
         let seqs: Vec<u64> = batch.iter().map(|q| q.event.id.seq).collect();
         assert_eq!(seqs, [0, 1, 2]);
-        assert_eq!(mailbox.len(), 0);
+        assert_eq!(mailbox.queue_size(), 0);
         batch.clear();
         assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
     }
@@ -346,6 +421,68 @@ mod tests {
         mailbox.wake_deferred(9);
         assert_eq!(mailbox.push(queued(4), Some(10)), Pushed::Queued);
         assert_eq!(wakes.count(), 3, "a waker is woken once");
+    }
+
+    #[test]
+    fn a_tick_under_way_takes_the_events_that_come_before_it_reaches_the_mailbox() {
+        let (mailbox, wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = Vec::new();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        assert_eq!(mailbox.push(queued(0), Some(7)), Pushed::Queued);
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+        batch.clear();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        assert_eq!(mailbox.push(queued(1), Some(7)), Pushed::Deferred);
+        // Tick 8 has started, and not come to this mailbox yet.
+        assert_eq!(mailbox.push(queued(2), Some(8)), Pushed::Queued);
+        assert_eq!(wakes.count(), 1, "left to the tick");
+        assert!(mailbox.take_waiting(8, &mut batch), "the task waits");
+        assert_eq!(batch.len(), 2, "the tick takes both");
+        assert_eq!(wakes.count(), 1, "and the task sleeps on");
+        batch.clear();
+        assert_eq!(
+            mailbox.push(queued(3), Some(8)),
+            Pushed::Deferred,
+            "the next tick's"
+        );
+    }
+
+    #[test]
+    fn the_tick_takes_nothing_from_a_task_that_does_not_wait() {
+        let (mailbox, wakes, waker) = counted();
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = Vec::new();
+        mailbox.push(queued(0), Some(1));
+        assert!(!mailbox.take_waiting(1, &mut batch), "never waited");
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+        mailbox.push(queued(1), Some(1));
+        let mut taken = Vec::new();
+        assert!(!mailbox.take_waiting(2, &mut taken), "busy with its batch");
+        batch.clear();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+        batch.clear();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        assert!(!mailbox.take_waiting(2, &mut taken), "nothing queued");
+
+        // What the tick could not write: any next write takes it first.
+        mailbox.flush();
+        assert_eq!(wakes.count(), 1);
+        mailbox.push(queued(2), Some(3));
+        assert!(!mailbox.take_waiting(3, &mut taken), "a flush is owed");
+        assert_eq!(
+            mailbox.poll_take(&mut cx, &mut batch),
+            Poll::Ready(Taken::Events)
+        );
+        batch.clear();
+        mailbox.flush();
+        assert_eq!(
+            mailbox.poll_take(&mut cx, &mut batch),
+            Poll::Ready(Taken::Flush)
+        );
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        mailbox.push(queued(3), Some(4));
+        assert!(mailbox.take_waiting(4, &mut taken), "waits again");
     }
 
     #[test]

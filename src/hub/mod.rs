@@ -17,6 +17,7 @@ pub mod fanout;
 mod feed;
 mod history;
 mod mailbox;
+pub mod outlet;
 pub mod presence;
 mod scrape;
 pub mod subscription;

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus::Histogram;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -141,7 +142,7 @@ pub struct Presence {
     info: Arc<ClientInfo>,
     /// The topics and patterns the connection holds, as listed.
     topics: Vec<String>,
-    meter: TransportMetrics,
+    meter: Meter,
     /// Cancelled when the fan-out cuts the connection off.
     cut_off: CancellationToken,
     shutdown: CancellationToken,
@@ -175,8 +176,11 @@ impl Presence {
         cut_off: CancellationToken,
         shutdown: CancellationToken,
     ) -> Presence {
-        let meter = lifecycle.metrics.transport(info.transport).clone();
-        meter.connections.inc();
+        let meter = Meter {
+            transport: lifecycle.metrics.transport(info.transport).clone(),
+            latency: lifecycle.metrics.fanout_latency.clone(),
+        };
+        meter.transport.connections.inc();
         tracing::info!(
             client_id = %info.client_id,
             client_name = info.client_name.as_deref().unwrap_or(""),
@@ -234,32 +238,17 @@ impl Presence {
 
     /// The transport wrote a frame of `bytes` bytes.
     pub fn sent(&self, bytes: usize) {
-        self.meter.bytes.inc_by(bytes as u64);
+        self.meter.sent(bytes);
     }
 
-    /// The transport wrote a batch of events. The shared counters and
-    /// histogram are touched once per batch, not once per event: each touch
-    /// is an atomic write that both cores fight over.
+    /// The transport wrote a batch of events.
     pub fn delivered(&self, batch: &[Queued]) {
-        self.meter.delivered.inc_by(batch.len() as u64);
-        let mut live = batch.iter().filter_map(|q| q.dispatched).peekable();
-        let Some(&first) = live.peek() else {
-            return;
-        };
-        let now = Instant::now();
-        let seconds = |dispatched| now.saturating_duration_since(dispatched).as_secs_f64();
-        let histogram = &self.lifecycle.metrics.fanout_latency;
-        if batch.len() == 1 {
-            // Straight into the shared histogram: a local one is an
-            // allocation, and saves nothing for one observation.
-            histogram.observe(seconds(first));
-            return;
-        }
-        let latency = histogram.local();
-        for dispatched in live {
-            latency.observe(seconds(dispatched));
-        }
-        latency.flush();
+        self.meter.delivered(batch);
+    }
+
+    /// What the connection's writes count, for whoever writes for it.
+    pub fn meter(&self) -> Meter {
+        self.meter.clone()
     }
 
     /// Who the client is, in every lifecycle event.
@@ -275,6 +264,47 @@ impl Presence {
                 json!(info.remote_addr.map(|a| a.to_string())),
             ),
         ])
+    }
+}
+
+/// What a connection's writes count: events, bytes, and each live event's
+/// latency. Shared by the connection's presence and the write tick, which
+/// writes for it (see `hub::outlet`).
+#[derive(Clone)]
+pub struct Meter {
+    transport: TransportMetrics,
+    latency: Histogram,
+}
+
+impl Meter {
+    /// The transport wrote a frame of `bytes` bytes.
+    pub fn sent(&self, bytes: usize) {
+        self.transport.bytes.inc_by(bytes as u64);
+    }
+
+    /// The transport wrote a batch of events. The shared counters and
+    /// histogram are touched once per batch, not once per event: each touch
+    /// is an atomic write that both cores fight over.
+    pub fn delivered(&self, batch: &[Queued]) {
+        self.transport.delivered.inc_by(batch.len() as u64);
+        let mut live = batch.iter().filter_map(|q| q.dispatched).peekable();
+        let Some(&first) = live.peek() else {
+            return;
+        };
+        let now = Instant::now();
+        let seconds = |dispatched| now.saturating_duration_since(dispatched).as_secs_f64();
+        let histogram = &self.latency;
+        if batch.len() == 1 {
+            // Straight into the shared histogram: a local one is an
+            // allocation, and saves nothing for one observation.
+            histogram.observe(seconds(first));
+            return;
+        }
+        let latency = histogram.local();
+        for dispatched in live {
+            latency.observe(seconds(dispatched));
+        }
+        latency.flush();
     }
 }
 
@@ -309,7 +339,7 @@ impl Drop for Presence {
         data.insert("reason".into(), json!(reason.as_str()));
         data.insert("events_received".into(), json!(events_received));
         self.lifecycle.emit(CLIENTS_TOPIC, DISCONNECTED, data);
-        self.meter.connections.dec();
+        self.meter.transport.connections.dec();
     }
 }
 

@@ -14,7 +14,6 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +49,9 @@ pub enum Item<'a> {
         oldest: Option<EventId>,
     },
     KeepAlive,
+    /// Nothing new to send, but the write tick left part of a batch in
+    /// the connection's outlet (see `hub::outlet`): write it.
+    Flush,
 }
 
 /// Why a subscription ended.
@@ -210,6 +212,7 @@ impl Subscription {
             return match poll_fn(|cx| mailbox.poll_take(cx, batch)).await {
                 Taken::Events => Ok(self.deliver()),
                 Taken::KeepAlive => Ok(Item::KeepAlive),
+                Taken::Flush => Ok(Item::Flush),
                 Taken::Ended(Ending::CutOff) => Err(End::CutOff),
                 Taken::Ended(Ending::Shutdown) => Err(End::Closed),
             };
@@ -279,15 +282,17 @@ impl Subscription {
 
     /// Hands the batch to the transport, noting what the client received.
     fn deliver(&mut self) -> Item<'_> {
-        let batch = &self.batch;
-        if let Some(last) = batch.last() {
-            let received = batch.len() as u64;
-            self.info
-                .events_received
-                .fetch_add(received, Ordering::Relaxed);
-            *self.info.last_event_id.lock() = Some(last.event.id);
-        }
-        Item::Events(batch)
+        self.info.received(&self.batch);
+        Item::Events(&self.batch)
+    }
+
+    /// The subscriber's mailbox, for its connection to give it an outlet.
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    pub fn info(&self) -> &Arc<ClientInfo> {
+        &self.info
     }
 }
 

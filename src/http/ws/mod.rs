@@ -244,6 +244,8 @@ impl Session {
                         Ok(Item::KeepAlive) if awaiting_pong => {
                             Step::Close(POLICY_VIOLATION, "no answer to ping")
                         }
+                        // A WebSocket has no outlet: the tick never writes for it.
+                        Ok(Item::Flush) => Step::Nothing,
                         Ok(Item::KeepAlive) => {
                             awaiting_pong = true;
                             Step::Send(Message::Ping(Bytes::new()))

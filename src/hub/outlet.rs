@@ -1,0 +1,157 @@
+//! Writing through at the write tick: the tick writes a waiting
+//! subscriber's batch to its socket itself, instead of waking the
+//! subscriber's task to do it.
+//!
+//! Why: with a `write_delay`, a busy topic's subscribers are all woken by
+//! the tick, once per tick each, and each wake-up costs a task switch,
+//! the subscription's and the transport's state machines and a vectored
+//! write: about twice what the socket write alone costs (`sluice bench
+//! floor` measures the write alone). At the tick, most subscribers are
+//! waiting with nothing else to do. For those, the tick takes the batch,
+//! encodes it (once for every subscriber with the same batch: see
+//! [`LastChunk`]) and sends it, and the task sleeps on.
+//!
+//! The subscriber's task stays the owner of its stream: the tick writes
+//! only while the task waits for its mailbox, and an outlet serializes the
+//! tick's writes with the task's own, so that nothing is written out of
+//! order. What a full socket does not take at once is left to the task,
+//! which writes it before anything else ([`Wrote::Part`]): a slow reader
+//! keeps its own task waiting, never the tick.
+//!
+//! Only the connections the hub writes itself have an outlet (plain-text
+//! HTTP/1.1 SSE and NDJSON, `http::direct`); the others are woken as
+//! before.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use super::mailbox::{Mailbox, Queued};
+use crate::event::Event;
+
+/// A subscriber's socket, as the write tick may write to it.
+pub trait Outlet: Send + Sync {
+    /// Takes the subscriber's batch from `mailbox` if its task waits for
+    /// it ([`Mailbox::take_waiting`], with `tick`, into `batch`, which is
+    /// empty and left empty), and writes it, with no write of the task's
+    /// own in between.
+    fn write_through(
+        &self,
+        mailbox: &Mailbox,
+        tick: u64,
+        batch: &mut Vec<Queued>,
+        last: &mut LastChunk,
+    ) -> Wrote;
+}
+
+/// What the tick did with a subscriber's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// Nothing: the task is busy, the outlet is closed or owes the task a
+    /// write, or there was no batch. The task is woken to carry on.
+    Nothing,
+    /// The whole batch went out; the task sleeps on.
+    All,
+    /// The socket took part of it: the rest waits in the outlet for the
+    /// task, which must be woken to write it ([`Mailbox::flush`]).
+    Part,
+}
+
+/// The last chunk the tick made, kept for the next subscriber whose batch
+/// is the same events in the same encoding. The subscribers of one topic
+/// get the same batch in a tick and come one after another in the tick's
+/// list, so one chunk made serves them all: one copy of the frames per
+/// topic and tick instead of one per subscriber.
+#[derive(Default)]
+pub struct LastChunk {
+    /// Which encoding made it (see [`LastChunk::get_or_make`]).
+    encoding: usize,
+    /// Its events. Held, so that no other event can take one's address.
+    events: Vec<Arc<Event>>,
+    chunk: Bytes,
+}
+
+impl LastChunk {
+    /// The chunk of `batch` in `encoding` (any value that tells encodings
+    /// apart): the last one if it was made of the same, or `make`'s.
+    pub fn get_or_make(
+        &mut self,
+        encoding: usize,
+        batch: &[Queued],
+        make: impl FnOnce(&[Queued]) -> Bytes,
+    ) -> Bytes {
+        let same = encoding == self.encoding
+            && batch.len() == self.events.len()
+            && batch
+                .iter()
+                .zip(&self.events)
+                .all(|(queued, event)| Arc::ptr_eq(&queued.event, event));
+        if !same {
+            self.chunk = make(batch);
+            self.encoding = encoding;
+            self.events.clear();
+            self.events
+                .extend(batch.iter().map(|queued| queued.event.clone()));
+        }
+        self.chunk.clone()
+    }
+
+    /// Lets go of the events and the chunk, at the end of a tick.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.chunk = Bytes::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::event::{EventId, NewEvent};
+
+    fn event(seq: u64) -> Arc<Event> {
+        let new = NewEvent {
+            topic: "t".into(),
+            kind: None,
+            data: serde_json::value::RawValue::from_string(seq.to_string()).unwrap(),
+            key: None,
+        };
+        Arc::new(Event::new(EventId { ms: 1, seq }, chrono::Utc::now(), new))
+    }
+
+    fn batch(events: &[&Arc<Event>]) -> Vec<Queued> {
+        events
+            .iter()
+            .map(|event| Queued {
+                event: Arc::clone(event),
+                dispatched: Some(Instant::now()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_is_made_once_for_the_same_events_in_the_same_encoding() {
+        let (a, b, c) = (event(1), event(2), event(3));
+        let mut last = LastChunk::default();
+        let made = std::cell::Cell::new(0);
+        let chunk = |last: &mut LastChunk, encoding, batch: &[Queued]| {
+            last.get_or_make(encoding, batch, |batch| {
+                made.set(made.get() + 1);
+                Bytes::from(format!("{encoding}:{}", batch.len()))
+            })
+        };
+        assert_eq!(chunk(&mut last, 1, &batch(&[&a, &b])), "1:2");
+        assert_eq!(chunk(&mut last, 1, &batch(&[&a, &b])), "1:2");
+        assert_eq!(made.get(), 1, "the same batch again: the same chunk");
+        chunk(&mut last, 2, &batch(&[&a, &b]));
+        assert_eq!(made.get(), 2, "another encoding");
+        chunk(&mut last, 2, &batch(&[&a, &c]));
+        assert_eq!(made.get(), 3, "the same ends and length, another event");
+        chunk(&mut last, 2, &batch(&[&a]));
+        assert_eq!(made.get(), 4, "fewer events");
+        last.clear();
+        chunk(&mut last, 2, &batch(&[&a]));
+        assert_eq!(made.get(), 5, "nothing is kept past a tick");
+    }
+}
