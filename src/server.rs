@@ -560,6 +560,7 @@ struct Counted {
 /// An admitted socket as hyper (or rustls) reads and writes it, shared
 /// with the connection task: the task writes a detached response on it
 /// after dropping hyper's connection, which does not close it.
+#[derive(Clone)]
 struct Shared(Arc<Counted>);
 
 impl AsyncRead for Shared {

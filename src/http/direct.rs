@@ -149,30 +149,30 @@ pub fn head(status: StatusCode, headers: &HeaderMap, framing: &str) -> Vec<u8> {
 /// mailbox (which ends the feed) before it cancels the token.
 pub async fn write<S>(socket: S, mut detached: Box<Detached>)
 where
-    S: AsRef<TcpStream> + Send + Sync + 'static,
+    S: AsRef<TcpStream> + Clone + Send + Sync + 'static,
 {
-    let socket = Arc::new(socket);
     let Detached { head, feed, close } = &mut *detached;
-    let outlet = Arc::new(DirectOutlet::new(socket.clone(), feed.tick_writer()));
-    // Closed however this ends, before the socket can be: the tick writes
-    // to it no more.
-    let _closed = Closing(&outlet);
-    let socket = (*socket).as_ref();
+    let mut outlet = Given(None);
+    let tcp = socket.as_ref();
     let writing = async {
         let preamble = feed.preamble();
-        send(socket, &outlet, close, head, preamble.as_slice()).await?;
+        send(tcp, outlet.get(), close, head, preamble.as_slice()).await?;
         drop(preamble);
         *head = Vec::new();
-        feed.set_outlet(outlet.clone());
         loop {
             match feed.next().await {
-                Ok(chunks) => send(socket, &outlet, close, b"", &chunks).await?,
+                Ok(chunks) => {
+                    send(tcp, outlet.get(), close, b"", &chunks).await?;
+                    if outlet.0.is_none() && feed.has_delivered() {
+                        outlet.give(feed, &socket);
+                    }
+                }
                 Err(Stop::Finished) => {
                     // Possibly while the tick could write (an expired
                     // token ends a feed that waits): it must not now.
                     outlet.close();
                     let last = || std::iter::once(LAST_CHUNK);
-                    return write_all(socket, &outlet, close, last).await;
+                    return write_all(tcp, outlet.get(), close, last).await;
                 }
                 Err(Stop::Aborted) => return Ok(()),
             }
@@ -184,7 +184,7 @@ where
                 tracing::debug!(%error, "streaming response ended early");
             }
         }
-        () = hung_up(socket) => {}
+        () = hung_up(tcp) => {}
     }
 }
 
@@ -192,9 +192,9 @@ where
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Writes `before`, then `chunks` as one chunk of the body.
-async fn send(
+async fn send<S: AsRef<TcpStream>>(
     socket: &TcpStream,
-    outlet: &DirectOutlet,
+    outlet: Option<&DirectOutlet<S>>,
     close: &CancellationToken,
     before: &[u8],
     chunks: &[Bytes],
@@ -234,15 +234,21 @@ fn chunk_parts<'a>(
 /// Writes what the write tick left in `outlet`, then `parts`. Taking
 /// what it left waits for a write of the tick's under way; the tick
 /// writes no more until the task waits again (`Mailbox::take_waiting`).
-async fn write_all<'a, P: Iterator<Item = &'a [u8]>>(
+async fn write_all<'a, P: Iterator<Item = &'a [u8]>, S: AsRef<TcpStream>>(
     socket: &TcpStream,
-    outlet: &DirectOutlet,
+    outlet: Option<&DirectOutlet<S>>,
     close: &CancellationToken,
     parts: impl Fn() -> P,
 ) -> io::Result<()> {
-    let left = outlet.take_leftover();
-    if !left.is_empty() {
-        write_parts(socket, close, || std::iter::once(&left[..])).await?;
+    let left = outlet.map(DirectOutlet::take_leftover);
+    if let Some(left) = left.filter(|left| !left.is_empty()) {
+        // Boxed, for it is rare, and this future is part of every idle
+        // subscriber's task (see `write`).
+        let leftover = async move {
+            let left = || std::iter::once(&left[..]);
+            write_parts(socket, close, left).await
+        };
+        Box::pin(leftover).await?;
     }
     write_parts(socket, close, parts).await
 }
@@ -274,21 +280,21 @@ async fn write_parts<'a, P: Iterator<Item = &'a [u8]>>(
 }
 
 /// A detached response's socket, as the write tick writes to it.
-struct DirectOutlet {
-    state: Mutex<OutletState>,
+struct DirectOutlet<S> {
+    state: Mutex<OutletState<S>>,
     writer: TickWriter,
 }
 
-struct OutletState {
+struct OutletState<S> {
     /// `None` once the response's task is done with the socket.
-    socket: Option<Arc<dyn AsRef<TcpStream> + Send + Sync>>,
+    socket: Option<S>,
     /// What the socket did not take of the tick's last write: the task
     /// writes it before anything else.
     leftover: Bytes,
 }
 
-impl DirectOutlet {
-    fn new(socket: Arc<dyn AsRef<TcpStream> + Send + Sync>, writer: TickWriter) -> Self {
+impl<S> DirectOutlet<S> {
+    fn new(socket: S, writer: TickWriter) -> Self {
         DirectOutlet {
             state: Mutex::new(OutletState {
                 socket: Some(socket),
@@ -312,7 +318,7 @@ impl DirectOutlet {
     }
 }
 
-impl Outlet for DirectOutlet {
+impl<S: AsRef<TcpStream> + Send + Sync> Outlet for DirectOutlet<S> {
     fn write_through(
         &self,
         mailbox: &Mailbox,
@@ -340,7 +346,7 @@ impl Outlet for DirectOutlet {
         // `send`, not tokio's `try_write`: a plain system call, with no
         // file layer (`writev`) and no readiness bookkeeping, which the
         // task's next write redoes if the socket was full.
-        let sent = socket2::SockRef::from((**socket).as_ref()).send(&chunk);
+        let sent = socket2::SockRef::from(socket.as_ref()).send(&chunk);
         meter.delivered(batch);
         meter.sent(batch.iter().map(|q| encoding.event(&q.event).len()).sum());
         info.received(batch);
@@ -356,12 +362,35 @@ impl Outlet for DirectOutlet {
     }
 }
 
-/// Closes an outlet when dropped.
-struct Closing<'a>(&'a DirectOutlet);
+/// The outlet a response gives the write tick with its first events (an
+/// idle subscriber never needs one), closed when the response ends,
+/// however it ends, and before its socket can be: the tick writes to it
+/// no more.
+struct Given<S: AsRef<TcpStream> + Send + Sync + 'static>(Option<Arc<DirectOutlet<S>>>);
 
-impl Drop for Closing<'_> {
+impl<S: AsRef<TcpStream> + Clone + Send + Sync + 'static> Given<S> {
+    fn give(&mut self, feed: &Feed, socket: &S) {
+        let outlet = Arc::new(DirectOutlet::new(socket.clone(), feed.tick_writer()));
+        feed.set_outlet(outlet.clone());
+        self.0 = Some(outlet);
+    }
+}
+
+impl<S: AsRef<TcpStream> + Send + Sync + 'static> Given<S> {
+    fn get(&self) -> Option<&DirectOutlet<S>> {
+        self.0.as_deref()
+    }
+
+    fn close(&self) {
+        if let Some(outlet) = &self.0 {
+            outlet.close();
+        }
+    }
+}
+
+impl<S: AsRef<TcpStream> + Send + Sync + 'static> Drop for Given<S> {
     fn drop(&mut self) {
-        self.0.close();
+        self.close();
     }
 }
 

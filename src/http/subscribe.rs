@@ -303,6 +303,8 @@ pub struct Feed {
     expiry: Expiry,
     preamble: Option<Bytes>,
     encoding: &'static dyn Encoding,
+    /// It has handed out events.
+    delivered: bool,
 }
 
 impl Feed {
@@ -322,7 +324,13 @@ impl Feed {
             expiry,
             preamble,
             encoding,
+            delivered: false,
         }
+    }
+
+    /// Whether it has handed out events yet.
+    pub fn has_delivered(&self) -> bool {
+        self.delivered
     }
 
     /// What goes before the first item, once.
@@ -361,6 +369,7 @@ impl Feed {
             Ok(Item::Events(batch)) => {
                 let chunks = frame::coalesce(batch.iter().map(|q| encoding.event(&q.event)));
                 self.presence.delivered(batch);
+                self.delivered = true;
                 chunks
             }
             Ok(Item::Gap { requested, oldest }) => smallvec![encoding.gap(requested, oldest)],
