@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Hub, stalled_subscriber, stream_client};
+use common::{Hub, stalled_subscriber, stream_client, tick_writes};
 use futures_util::StreamExt;
 
 /// Events are published in batches of this many, one batch per tick.
@@ -286,14 +286,6 @@ async fn a_reader_that_pauses_gets_every_event_whole_after_the_tick_left_a_write
     assert_eq!(ids, published, "in order");
     let (_, health) = hub.get_json("/health").await;
     assert_eq!(health["slow_disconnects"], 0, "nobody was cut off");
-}
-
-/// `sluice_tick_writes_total{outcome="…"}` from `/metrics`.
-async fn tick_writes(hub: &Hub, outcome: &str) -> f64 {
-    let series = format!("sluice_tick_writes_total{{outcome=\"{outcome}\"}} ");
-    let text = hub.get_text("/metrics").await;
-    let line = text.lines().find_map(|line| line.strip_prefix(&series));
-    line.expect("the series is there").parse().unwrap()
 }
 
 /// The body of a chunked response whose last chunk has not come: every

@@ -8,7 +8,8 @@ mod wire;
 
 use std::time::{Duration, Instant};
 
-use common::{Hub, client, next_event, sse, stream_client};
+use common::{Hub, client, ndjson, next_event, sse, stream_client, tick_writes};
+use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -567,4 +568,64 @@ async fn http10_and_head_requests_get_what_http_says() {
         body.is_empty() && !matches!(after, Ok(Ok(n)) if n > 0),
         "no body after a HEAD's head"
     );
+}
+
+/// The write tick makes a batch's chunk once for consecutive subscribers
+/// with the same batch: subscribers of one topic in different formats,
+/// interleaved, each get every event in their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_one_topic_in_every_format_get_their_own_frames_from_the_tick() {
+    let hub = Hub::start(&[]).await;
+    let url = |query: &str| hub.at(&format!("/stream?topics=fmt{query}"));
+    let mut plain = Vec::new();
+    let mut enveloped = Vec::new();
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        plain.push(sse(&url(""), None).await);
+        enveloped.push(sse(&url("&envelope=true"), None).await);
+        lines.push(ndjson(&url("&format=ndjson")).await);
+    }
+    for _ in 0..100 {
+        if hub.get_json("/health").await.1["connected_clients"] == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Small batches every 2 ms: several in each 10 ms tick, which the
+    // tick writes for the subscribers waiting for them.
+    const EVENTS: u64 = 200;
+    for first in (0..EVENTS).step_by(5) {
+        let body: String = (first..first + 5)
+            .map(|n| format!("{{\"topic\":\"fmt\",\"data\":{{\"n\":{n}}}}}\n"))
+            .collect();
+        hub.publish_batch(body).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for n in 0..EVENTS {
+        for stream in &mut plain {
+            let event = next_event(stream, Duration::from_secs(10)).await;
+            assert_eq!(event.data, format!("{{\"n\":{n}}}"), "data alone");
+        }
+        for stream in &mut enveloped {
+            let event = next_event(stream, Duration::from_secs(10)).await;
+            let envelope: Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(
+                (&envelope["topic"], &envelope["data"]),
+                (&json!("fmt"), &json!({"n": n})),
+                "the envelope"
+            );
+        }
+        for stream in &mut lines {
+            let line = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("a line in time")
+                .expect("the stream goes on");
+            assert_eq!(
+                (&line["topic"], &line["data"]),
+                (&json!("fmt"), &json!({"n": n})),
+                "an NDJSON line"
+            );
+        }
+    }
+    assert!(tick_writes(&hub, "whole").await > 0.0, "the tick wrote");
 }

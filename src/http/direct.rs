@@ -339,9 +339,10 @@ impl<S: AsRef<TcpStream> + Send + Sync> Outlet for DirectOutlet<S> {
             info,
             ..
         } = &self.writer;
-        // Which encoding, by address: two feeds with the same encoding
-        // share its chunks.
-        let key = *encoding as *const dyn super::subscribe::Encoding as *const () as usize;
+        // The encoding, told by the first event's frame in it: each
+        // encoding of an event is a buffer of its own.
+        let key = batch.first().map(|q| encoding.event(&q.event).as_ptr());
+        let key = key.map_or(0, |frame| frame as usize);
         let chunk = last.get_or_make(key, batch, |batch| chunk_of(*encoding, batch));
         // `send`, not tokio's `try_write`: a plain system call, with no
         // file layer (`writev`) and no readiness bookkeeping, which the

@@ -72,8 +72,10 @@ pub struct LastChunk {
 }
 
 impl LastChunk {
-    /// The chunk of `batch` in `encoding` (any value that tells encodings
-    /// apart): the last one if it was made of the same, or `make`'s.
+    /// The chunk of `batch` in `encoding`, a value that tells encodings
+    /// apart while the batch's events live (the address of the first
+    /// event's frame in it, which is held here with the event): the last
+    /// one if it was made of the same, or `make`'s.
     pub fn get_or_make(
         &mut self,
         encoding: usize,

@@ -394,6 +394,15 @@ pub async fn stalled_subscriber(hub: &Hub, topic: &str, name: &str) -> std::net:
     panic!("{name} never subscribed");
 }
 
+/// `sluice_tick_writes_total{outcome="…"}` from `/metrics`: batches the
+/// write tick wrote for a subscriber itself.
+pub async fn tick_writes(hub: &Hub, outcome: &str) -> f64 {
+    let series = format!("sluice_tick_writes_total{{outcome=\"{outcome}\"}} ");
+    let text = hub.get_text("/metrics").await;
+    let line = text.lines().find_map(|line| line.strip_prefix(&series));
+    line.expect("the series is there").parse().unwrap()
+}
+
 /// Publishes 64 KiB events to `topic` until the hub has cut off one more
 /// subscriber as too slow (by `slow_disconnects` of `/health`); gives up
 /// after 64 MiB.
