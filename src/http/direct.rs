@@ -29,12 +29,12 @@ use std::future::poll_fn;
 use std::io::{self, Write as _};
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Poll, ready};
+use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -231,38 +231,20 @@ fn chunk_parts<'a>(
     std::iter::once(before).chain(chunk.into_iter().flatten())
 }
 
-/// Writes what the write tick left in `outlet`, then `parts`. Taking
-/// what it left waits for a write of the tick's under way; the tick
-/// writes no more until the task waits again (`Mailbox::take_waiting`).
+/// Writes what the write tick left in `outlet`, then `parts`, in as few
+/// system calls as the socket takes (see [`writev::poll_write_all`]). A
+/// cut-off (`close`) stops a write that waits for room.
 async fn write_all<'a, P: Iterator<Item = &'a [u8]>, S: AsRef<TcpStream>>(
     socket: &TcpStream,
     outlet: Option<&DirectOutlet<S>>,
     close: &CancellationToken,
     parts: impl Fn() -> P,
 ) -> io::Result<()> {
-    let left = outlet.map(DirectOutlet::take_leftover);
-    if let Some(left) = left.filter(|left| !left.is_empty()) {
-        // Boxed, for it is rare, and this future is part of every idle
-        // subscriber's task (see `write`).
-        let leftover = async move {
-            let left = || std::iter::once(&left[..]);
-            write_parts(socket, close, left).await
-        };
-        Box::pin(leftover).await?;
-    }
-    write_parts(socket, close, parts).await
-}
-
-/// Writes `parts` in as few system calls as the socket takes (see
-/// [`writev::poll_write_all`]). A cut-off (`close`) stops a write that
-/// waits for room.
-async fn write_parts<'a, P: Iterator<Item = &'a [u8]>>(
-    socket: &TcpStream,
-    close: &CancellationToken,
-    parts: impl Fn() -> P,
-) -> io::Result<()> {
     let mut written = 0;
     let writing = poll_fn(|cx| {
+        if let Some(outlet) = outlet {
+            ready!(outlet.poll_write_leftover(cx, socket))?;
+        }
         writev::poll_write_all(cx, &parts, &mut written, |cx, slices| {
             loop {
                 match socket.try_write_vectored(slices) {
@@ -304,8 +286,28 @@ impl<S> DirectOutlet<S> {
         }
     }
 
-    fn take_leftover(&self) -> Bytes {
-        std::mem::take(&mut self.state.lock().leftover)
+    /// Writes what the tick left, before anything of the task's. The lock
+    /// waits for a write of the tick's under way; the tick writes no more
+    /// until the task waits again (`Mailbox::take_waiting`). The rest stays
+    /// here, not in the task's write: an idle subscriber's task is as
+    /// large as the largest state of its write.
+    fn poll_write_leftover(
+        &self,
+        cx: &mut Context<'_>,
+        socket: &TcpStream,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.state.lock();
+        while !state.leftover.is_empty() {
+            match socket.try_write(&state.leftover) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => state.leftover.advance(written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(socket.poll_write_ready(cx))?;
+                }
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// The tick writes no more; waits for a write of its under way.
