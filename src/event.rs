@@ -265,6 +265,22 @@ pub fn now_ms() -> (DateTime<Utc>, u64) {
     (truncated, ms)
 }
 
+/// Events for the hub's unit tests.
+#[cfg(test)]
+impl Event {
+    /// Event `1-<seq>` on topic `t`, its data the number `seq`, stamped
+    /// now.
+    pub fn sample(seq: u64) -> std::sync::Arc<Event> {
+        let new = NewEvent {
+            topic: "t".into(),
+            kind: None,
+            data: RawValue::from_string(seq.to_string()).expect("a number is JSON"),
+            key: None,
+        };
+        std::sync::Arc::new(Event::new(EventId { ms: 1, seq }, Utc::now(), new))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

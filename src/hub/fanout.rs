@@ -77,6 +77,24 @@ impl ClientInfo {
     }
 }
 
+/// Subscribers for the hub's unit tests.
+#[cfg(test)]
+impl ClientInfo {
+    /// An SSE subscriber with no name, connected now.
+    pub fn sample() -> Arc<ClientInfo> {
+        Arc::new(ClientInfo {
+            client_id: "c".into(),
+            client_name: None,
+            tags: Vec::new(),
+            transport: Transport::Sse,
+            remote_addr: None,
+            connected_at: Utc::now(),
+            events_received: AtomicU64::new(0),
+            last_event_id: Mutex::new(None),
+        })
+    }
+}
+
 /// A subscriber as `/clients` shows it.
 pub struct ClientSnapshot {
     pub info: Arc<ClientInfo>,
@@ -470,7 +488,6 @@ mod tests {
     use futures_util::task::noop_waker_ref;
 
     use super::*;
-    use crate::event::NewEvent;
     use crate::hub::outlet::Outlet;
 
     /// Takes the batch like a connection's outlet, and takes `cost` to
@@ -507,29 +524,6 @@ mod tests {
         }
     }
 
-    fn event(seq: u64) -> Arc<Event> {
-        let new = NewEvent {
-            topic: "t".into(),
-            kind: None,
-            data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
-            key: None,
-        };
-        Arc::new(Event::new(EventId { ms: 1, seq }, Utc::now(), new))
-    }
-
-    fn client() -> Arc<ClientInfo> {
-        Arc::new(ClientInfo {
-            client_id: "c".into(),
-            client_name: None,
-            tags: Vec::new(),
-            transport: Transport::Sse,
-            remote_addr: None,
-            connected_at: Utc::now(),
-            events_received: AtomicU64::new(0),
-            last_event_id: Mutex::new(None),
-        })
-    }
-
     /// 40 subscribers of one topic, each waiting on its mailbox, whose
     /// writes take `cost` each; two events in one tick, so that the second
     /// waits for the next. Returns the writes of that tick, and the tasks
@@ -546,8 +540,12 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mailboxes: Vec<_> = (0..40)
             .map(|_| {
-                let registration =
-                    fanout.register(filter.clone(), client(), 10, CancellationToken::new());
+                let registration = fanout.register(
+                    filter.clone(),
+                    ClientInfo::sample(),
+                    10,
+                    CancellationToken::new(),
+                );
                 registration.mailbox.set_outlet(outlet.clone());
                 registration.mailbox
             })
@@ -556,7 +554,7 @@ mod tests {
         for mailbox in &mailboxes {
             assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
         }
-        fanout.dispatch(&[event(1)]);
+        fanout.dispatch(&[Event::sample(1)]);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 40, "the first event wakes");
         for mailbox in &mailboxes {
             assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
@@ -564,7 +562,7 @@ mod tests {
             let noop = &mut Context::from_waker(noop_waker_ref());
             assert!(mailbox.poll_take(noop, &mut batch).is_pending());
         }
-        fanout.dispatch(&[event(2)]);
+        fanout.dispatch(&[Event::sample(2)]);
         fanout.tick(&mut TickScratch::default());
         let writes = outlet.writes.load(Ordering::SeqCst);
         let woken = mailboxes

@@ -296,19 +296,11 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventId, NewEvent};
     use futures_util::task::noop_waker_ref;
 
     fn queued(seq: u64) -> Queued {
-        let new = NewEvent {
-            topic: "t".into(),
-            kind: None,
-            data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
-            key: None,
-        };
-        let id = EventId { ms: 1, seq };
         Queued {
-            event: Arc::new(Event::new(id, chrono::Utc::now(), new)),
+            event: Event::sample(seq),
             dispatched: Some(Instant::now()),
         }
     }

@@ -110,17 +110,6 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::event::{EventId, NewEvent};
-
-    fn event(seq: u64) -> Arc<Event> {
-        let new = NewEvent {
-            topic: "t".into(),
-            kind: None,
-            data: serde_json::value::RawValue::from_string(seq.to_string()).unwrap(),
-            key: None,
-        };
-        Arc::new(Event::new(EventId { ms: 1, seq }, chrono::Utc::now(), new))
-    }
 
     fn batch(events: &[&Arc<Event>]) -> Vec<Queued> {
         events
@@ -134,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_chunk_is_made_once_for_the_same_events_in_the_same_encoding() {
-        let (a, b, c) = (event(1), event(2), event(3));
+        let (a, b, c) = (Event::sample(1), Event::sample(2), Event::sample(3));
         let mut last = LastChunk::default();
         let made = std::cell::Cell::new(0);
         let chunk = |last: &mut LastChunk, encoding, batch: &[Queued]| {

@@ -305,34 +305,24 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use std::pin::pin;
-    use std::sync::atomic::AtomicU64;
     use std::task::{Context, Poll};
     use std::time::Duration;
 
     use futures_util::task::noop_waker_ref;
-    use parking_lot::Mutex;
-    use serde_json::value::RawValue;
 
     use super::*;
-    use crate::event::{Event, NewEvent};
+    use crate::event::Event;
     use crate::frame;
-    use crate::hub::fanout::Transport;
     use crate::log::memory::MemoryLog;
     use crate::log::{Retention, RetentionRules};
     use crate::metrics::Metrics;
     use crate::test_alloc::allocations;
 
     fn event(seq: u64) -> Arc<Event> {
-        let new = NewEvent {
-            topic: "t".into(),
-            kind: None,
-            data: RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
-            key: None,
-        };
-        let event = Event::new(EventId { ms: 1, seq }, chrono::Utc::now(), new);
+        let event = Event::sample(seq);
         // Encoded once per event, for all its subscribers.
         event.sse_frame(false);
-        Arc::new(event)
+        event
     }
 
     /// The hot path's promise: once a subscriber's queues have grown, a
@@ -351,20 +341,10 @@ mod tests {
             RetentionRules::global(retention),
             Duration::from_secs(60),
         ));
-        let info = Arc::new(ClientInfo {
-            client_id: "c".into(),
-            client_name: None,
-            tags: Vec::new(),
-            transport: Transport::Sse,
-            remote_addr: None,
-            connected_at: chrono::Utc::now(),
-            events_received: AtomicU64::new(0),
-            last_event_id: Mutex::new(None),
-        });
         let request = SubscribeRequest {
             filter: TopicFilter::parse(["t"], 1).unwrap(),
             resume: Resume::Live,
-            info,
+            info: ClientInfo::sample(),
             on_cut_off: CancellationToken::new(),
         };
         let mut subscription = Subscription::open(request, log, fanout.clone(), 10);
