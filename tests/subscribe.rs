@@ -594,6 +594,7 @@ async fn subscribers_of_one_topic_in_every_format_get_their_own_frames_from_the_
     // Small batches every 2 ms: several in each 10 ms tick, which the
     // tick writes for the subscribers waiting for them.
     const EVENTS: u64 = 200;
+    let mut ndjson_bytes = 0;
     for first in (0..EVENTS).step_by(5) {
         let body: String = (first..first + 5)
             .map(|n| format!("{{\"topic\":\"fmt\",\"data\":{{\"n\":{n}}}}}\n"))
@@ -625,7 +626,16 @@ async fn subscribers_of_one_topic_in_every_format_get_their_own_frames_from_the_
                 (&json!("fmt"), &json!({"n": n})),
                 "an NDJSON line"
             );
+            // Compact JSON is as long whatever the order of its keys.
+            ndjson_bytes += line.to_string().len() + 1;
         }
     }
     assert!(tick_writes(&hub, "whole").await > 0.0, "the tick wrote");
+    // What the tick wrote is counted as the connection's own writes are:
+    // the lines, not the chunked coding around them.
+    let metrics = hub.get_text("/metrics").await;
+    let sent = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("sluice_bytes_sent_total{transport=\"ndjson\"} "));
+    assert_eq!(sent, Some(ndjson_bytes.to_string().as_str()));
 }

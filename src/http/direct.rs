@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::subscribe::{Feed, Stop, TickWriter};
 use super::writev;
-use crate::hub::outlet::{LastChunk, Mailbox, Outlet, Queued, Wrote};
+use crate::hub::outlet::{Chunk, LastChunk, Mailbox, Outlet, Queued, Wrote};
 
 /// A subscription's feed in its response's extensions (whose values must
 /// be `Clone`), for the connection to take.
@@ -349,18 +349,18 @@ impl<S: AsRef<TcpStream> + Send + Sync> Outlet for DirectOutlet<S> {
         // `send`, not tokio's `try_write`: a plain system call, with no
         // file layer (`writev`) and no readiness bookkeeping, which the
         // task's next write redoes if the socket was full.
-        let sent = socket2::SockRef::from(socket.as_ref()).send(&chunk);
+        let sent = socket2::SockRef::from(socket.as_ref()).send(&chunk.bytes);
         meter.delivered(batch);
-        meter.sent(batch.iter().map(|q| encoding.event(&q.event).len()).sum());
+        meter.sent(chunk.frames);
         info.received(batch);
         batch.clear();
         // A failed send leaves the whole chunk: the task's own write then
         // fails the same way, and ends the response.
         let sent = sent.unwrap_or(0);
-        if sent == chunk.len() {
+        if sent == chunk.bytes.len() {
             return Wrote::All;
         }
-        state.leftover = chunk.slice(sent..);
+        state.leftover = chunk.bytes.slice(sent..);
         Wrote::Part
     }
 }
@@ -398,7 +398,7 @@ impl<S: AsRef<TcpStream> + Send + Sync + 'static> Drop for Given<S> {
 }
 
 /// `batch` in `encoding`, as one chunk of the body, in one buffer.
-fn chunk_of(encoding: &dyn super::subscribe::Encoding, batch: &[Queued]) -> Bytes {
+fn chunk_of(encoding: &dyn super::subscribe::Encoding, batch: &[Queued]) -> Chunk {
     let frames = || batch.iter().map(|q| encoding.event(&q.event));
     let len = frames().map(Bytes::len).sum();
     let mut size = [0u8; 18];
@@ -407,7 +407,10 @@ fn chunk_of(encoding: &dyn super::subscribe::Encoding, batch: &[Queued]) -> Byte
     chunk.put_slice(size);
     frames().for_each(|frame| chunk.put_slice(frame));
     chunk.put_slice(b"\r\n");
-    chunk.freeze()
+    Chunk {
+        bytes: chunk.freeze(),
+        frames: len,
+    }
 }
 
 /// Resolves when the client closes the connection, or it fails. Anything

@@ -57,6 +57,14 @@ pub enum Wrote {
     Part,
 }
 
+/// A batch made into the bytes of one write.
+#[derive(Clone, Default)]
+pub struct Chunk {
+    pub bytes: Bytes,
+    /// Of which the events' frames, without the framing around them.
+    pub frames: usize,
+}
+
 /// The last chunk the tick made, kept for the next subscriber whose batch
 /// is the same events in the same encoding. The subscribers of one topic
 /// get the same batch in a tick and come one after another in the tick's
@@ -68,7 +76,7 @@ pub struct LastChunk {
     encoding: usize,
     /// Its events. Held, so that no other event can take one's address.
     events: Vec<Arc<Event>>,
-    chunk: Bytes,
+    chunk: Chunk,
 }
 
 impl LastChunk {
@@ -80,8 +88,8 @@ impl LastChunk {
         &mut self,
         encoding: usize,
         batch: &[Queued],
-        make: impl FnOnce(&[Queued]) -> Bytes,
-    ) -> Bytes {
+        make: impl FnOnce(&[Queued]) -> Chunk,
+    ) -> Chunk {
         let same = encoding == self.encoding
             && batch.len() == self.events.len()
             && batch
@@ -101,7 +109,7 @@ impl LastChunk {
     /// Lets go of the events and the chunk, at the end of a tick.
     pub fn clear(&mut self) {
         self.events.clear();
-        self.chunk = Bytes::new();
+        self.chunk = Chunk::default();
     }
 }
 
@@ -127,10 +135,14 @@ mod tests {
         let mut last = LastChunk::default();
         let made = std::cell::Cell::new(0);
         let chunk = |last: &mut LastChunk, encoding, batch: &[Queued]| {
-            last.get_or_make(encoding, batch, |batch| {
+            let chunk = last.get_or_make(encoding, batch, |batch| {
                 made.set(made.get() + 1);
-                Bytes::from(format!("{encoding}:{}", batch.len()))
-            })
+                Chunk {
+                    bytes: Bytes::from(format!("{encoding}:{}", batch.len())),
+                    frames: batch.len(),
+                }
+            });
+            chunk.bytes
         };
         assert_eq!(chunk(&mut last, 1, &batch(&[&a, &b])), "1:2");
         assert_eq!(chunk(&mut last, 1, &batch(&[&a, &b])), "1:2");
