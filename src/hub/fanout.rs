@@ -483,11 +483,12 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::task::{Context, Wake, Waker};
+    use std::task::{Context, Waker};
 
     use futures_util::task::noop_waker_ref;
 
     use super::*;
+    use crate::hub::mailbox::Wakes;
     use crate::hub::outlet::Outlet;
 
     /// Takes the batch like a connection's outlet, and takes `cost` to
@@ -512,15 +513,6 @@ mod tests {
             std::thread::sleep(self.cost);
             self.writes.fetch_add(1, Ordering::SeqCst);
             Wrote::All
-        }
-    }
-
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -555,7 +547,7 @@ mod tests {
             assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
         }
         fanout.dispatch(&[Event::sample(1)]);
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 40, "the first event wakes");
+        assert_eq!(wakes.count(), 40, "the first event wakes");
         for mailbox in &mailboxes {
             assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
             batch.clear();

@@ -293,6 +293,25 @@ impl Mailbox {
     }
 }
 
+/// A waker that counts its wake-ups, for the hub's unit tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Wakes(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+impl Wakes {
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,22 +379,6 @@ mod tests {
         );
         assert_eq!(mailbox.push(queued(1), None), Pushed::Queued);
         assert!(batch.is_empty());
-    }
-
-    /// Counts the wake-ups of a task.
-    #[derive(Default)]
-    struct Wakes(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    impl Wakes {
-        fn count(&self) -> usize {
-            self.0.load(std::sync::atomic::Ordering::SeqCst)
-        }
     }
 
     /// A mailbox of 10, and a waker that counts its wake-ups.
