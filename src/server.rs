@@ -71,10 +71,19 @@ pub struct ConnInfo {
     /// a token of its own, which closes nothing: a subscription that sees
     /// it cancelled ends its response body, which resets only its stream.
     pub close: CancellationToken,
+    /// The connection's socket, for a `GET` over plain-text HTTP/1.1: a
+    /// streaming response to it may be written by the connection itself
+    /// (see [`crate::http::direct`]), and the write tick may write to a
+    /// WebSocket upgraded from it (see `crate::http::outlet`).
+    pub socket: Option<Shared>,
+}
+
+impl ConnInfo {
     /// Whether a streaming response to this request may be written by the
-    /// connection itself (see [`crate::http::direct`]): a `GET` over
-    /// plain-text HTTP/1.1.
-    pub detachable: bool,
+    /// connection itself.
+    pub fn detachable(&self) -> bool {
+        self.socket.is_some()
+    }
 }
 
 /// What a plain-text HTTP/2 client with prior knowledge sends first.
@@ -218,8 +227,11 @@ impl Server {
             Err(_) => return self.too_slow(remote),
         };
         let socket = Shared(io.0.clone());
-        let handoff = (!http2).then(Arc::<Handoff>::default);
-        if let Some(detached) = self.http(io, http2, remote, deadline, handoff).await {
+        let plain = (!http2).then(|| Plain {
+            handoff: Arc::default(),
+            socket: socket.clone(),
+        });
+        if let Some(detached) = self.http(io, http2, remote, deadline, plain).await {
             // In a task of its own, which needs a few hundred bytes, where
             // this one keeps room for hyper's connection; on the delivery
             // runtime, with the other subscribers.
@@ -255,13 +267,14 @@ impl Server {
         http2: bool,
         remote: SocketAddr,
         deadline: Instant,
-        handoff: Option<Arc<Handoff>>,
+        plain: Option<Plain>,
     ) -> Option<Box<Detached>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (close, requested) = (CancellationToken::new(), CancellationToken::new());
-        let service = self.service(remote, &close, &requested, handoff.clone());
+        let handoff = plain.as_ref().map(|plain| plain.handoff.clone());
+        let service = self.service(remote, &close, &requested, plain);
         let service = hyper::service::service_fn(service);
         let io = TokioIo::new(io);
         let watch = Watch {
@@ -287,15 +300,15 @@ impl Server {
 
     /// The router as one connection's hyper service (for `service_fn`).
     /// Each request carries the connection's `ConnInfo`, whose `close`
-    /// closes the connection; the first request cancels `requested`. With
-    /// a `handoff`, a `GET` over HTTP/1.1 may have its response taken over
-    /// by the connection task.
+    /// closes the connection; the first request cancels `requested`. On
+    /// a `plain` connection, a `GET` over HTTP/1.1 may have its response
+    /// taken over by the connection task, and is lent the socket.
     fn service(
         &self,
         remote: SocketAddr,
         close: &CancellationToken,
         requested: &CancellationToken,
-        handoff: Option<Arc<Handoff>>,
+        plain: Option<Plain>,
     ) -> impl Fn(hyper::Request<Incoming>) -> BoxFuture<'static, Result<Response, Infallible>>
     + Clone
     + Send
@@ -303,7 +316,7 @@ impl Server {
         let info = ConnInfo {
             remote,
             close: close.clone(),
-            detachable: false,
+            socket: None,
         };
         let app = self.app.clone();
         let first = requested.clone();
@@ -313,10 +326,13 @@ impl Server {
             if request.version() == Version::HTTP_2 {
                 info.close = CancellationToken::new();
             }
-            let handoff = handoff.clone().filter(|_| {
+            let plain = plain.clone().filter(|_| {
                 request.method() == Method::GET && request.version() == Version::HTTP_11
             });
-            info.detachable = handoff.is_some();
+            let handoff = plain.map(|Plain { handoff, socket }| {
+                info.socket = Some(socket);
+                handoff
+            });
             let close = info.close.clone();
             request.extensions_mut().insert(info);
             let response = app.clone().oneshot(request.map(Body::new));
@@ -561,7 +577,21 @@ struct Counted {
 /// with the connection task: the task writes a detached response on it
 /// after dropping hyper's connection, which does not close it.
 #[derive(Clone)]
-struct Shared(Arc<Counted>);
+pub struct Shared(Arc<Counted>);
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Shared").field(&self.0.io).finish()
+    }
+}
+
+/// What a plain-text HTTP/1.1 connection lends its `GET` requests: where
+/// to leave a response for the connection task to write, and the socket.
+#[derive(Clone)]
+struct Plain {
+    handoff: Arc<Handoff>,
+    socket: Shared,
+}
 
 impl AsyncRead for Shared {
     fn poll_read(

@@ -7,8 +7,10 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Hub, stalled_subscriber, stream_client, tick_writes};
-use futures_util::StreamExt;
+use common::{Hub, stalled_subscriber, stream_client, tick_writes, ws};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Events are published in batches of this many, one batch per tick.
 const BATCH: usize = 50;
@@ -284,6 +286,96 @@ async fn a_reader_that_pauses_gets_every_event_whole_after_the_tick_left_a_write
         .collect();
     assert_eq!(ids.len(), published.len(), "every event, once");
     assert_eq!(ids, published, "in order");
+    let (_, health) = hub.get_json("/health").await;
+    assert_eq!(health["slow_disconnects"], 0, "nobody was cut off");
+}
+
+/// The same over WebSocket, where the session writes more than its
+/// events: while the reader pauses, it sends pings (which the hub's
+/// WebSocket library answers) and commands (which the session answers),
+/// and the write tick writes batches to the same socket. When the reader
+/// reads again, every frame is whole (the client's WebSocket library
+/// rejects any other), every event comes once and in order, and every ping
+/// and command is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_reader_that_pauses_gets_every_frame_whole_after_the_tick_left_a_write_to_it() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let hub = Hub::start(&[
+        "--socket-send-buffer",
+        "64KiB",
+        "--subscriber-buffer",
+        "20000",
+        "--history-max-events",
+        "20000",
+    ])
+    .await;
+    let mut socket = ws::connect(&hub, "/ws?topics=pause").await;
+    // Registered once it answers.
+    let pong = ws::command(&mut socket, json!({"op": "ping"})).await;
+    assert_eq!(pong["op"], "pong");
+    let filler = "x".repeat(1000);
+    let mut published = Vec::new();
+    let (mut pings, mut commands) = (0, 0);
+    // As for SSE: small batches every 2 ms, until a tick has had to leave
+    // part of a write, then a little more; a ping and a command now and
+    // then, unread like the rest.
+    const SMALL: usize = 5;
+    let mut number = 0;
+    let mut after_full = 50;
+    while after_full > 0 {
+        let body: String = (number..number + SMALL)
+            .map(|n| format!("{{\"topic\":\"pause\",\"data\":\"{n}-{filler}\"}}\n"))
+            .collect();
+        number += SMALL;
+        published.extend(hub.publish_batch(body).await);
+        if number % 50 == 0 {
+            let ping = Message::Ping(format!("{number}").into_bytes().into());
+            socket.send(ping).await.unwrap();
+            pings += 1;
+            let command = json!({"op": "ping"}).to_string();
+            socket.send(Message::text(command)).await.unwrap();
+            commands += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if after_full < 50 || (number % 100 == 0 && tick_writes(&hub, "partial").await > 0.0) {
+            after_full -= 1;
+        }
+        assert!(number < 15_000, "the tick never found the socket full");
+    }
+    assert!(
+        tick_writes(&hub, "whole").await > 0.0,
+        "the tick wrote whole batches too"
+    );
+
+    let (mut ids, mut pongs, mut replies) = (Vec::new(), 0, 0);
+    while ids.len() < published.len() || pongs < pings || replies < commands {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket stays open")
+            .expect("a well-formed frame");
+        match message {
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).expect("JSON text frame");
+                match frame["id"].as_str() {
+                    Some(id) => ids.push(id.to_string()),
+                    None => {
+                        assert_eq!(frame, json!({"ok": true, "op": "pong"}));
+                        replies += 1;
+                    }
+                }
+            }
+            Message::Pong(_) => pongs += 1,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), published.len(), "every event, once");
+    assert_eq!(ids, published, "in order");
+    assert_eq!(
+        (pongs, replies),
+        (pings, commands),
+        "every ping and command answered"
+    );
     let (_, health) = hub.get_json("/health").await;
     assert_eq!(health["slow_disconnects"], 0, "nobody was cut off");
 }

@@ -20,8 +20,8 @@
 //! connection closes after the response, as its head says. TLS, HTTP/2,
 //! HTTP/1.0 and `HEAD` keep hyper's writer.
 //!
-//! Such a response also gives the hub's write tick an [`Outlet`] to its
-//! socket, through which the tick writes batches itself while the
+//! Such a response also gives the hub's write tick an outlet to its
+//! socket (`super::outlet`), through which the tick writes batches itself while the
 //! connection's task waits (see `hub::outlet`); the task writes what the
 //! tick could not, before anything else.
 
@@ -29,20 +29,20 @@ use std::future::poll_fn;
 use std::io::{self, Write as _};
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use std::time::{Instant, SystemTime};
+use std::task::{Poll, ready};
+use std::time::SystemTime;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::subscribe::{Feed, Stop, TickWriter};
+use super::outlet::{Given, SocketOutlet};
+use super::subscribe::{Feed, Stop};
 use super::writev;
-use crate::hub::outlet::{Chunk, LastChunk, Mailbox, Outlet, Queued, Wrote};
 
 /// A subscription's feed in its response's extensions (whose values must
 /// be `Clone`), for the connection to take.
@@ -152,7 +152,7 @@ where
     S: AsRef<TcpStream> + Clone + Send + Sync + 'static,
 {
     let Detached { head, feed, close } = &mut *detached;
-    let mut outlet = Given(None);
+    let mut outlet = Given::none();
     let tcp = socket.as_ref();
     let writing = async {
         let preamble = feed.preamble();
@@ -163,8 +163,8 @@ where
             match feed.next().await {
                 Ok(chunks) => {
                     send(tcp, outlet.get(), close, b"", &chunks).await?;
-                    if outlet.0.is_none() && feed.has_delivered() {
-                        outlet.give(feed, &socket);
+                    if outlet.get().is_none() && feed.has_delivered() {
+                        feed.set_outlet(outlet.give(socket.clone(), feed.tick_writer()));
                     }
                 }
                 Err(Stop::Finished) => {
@@ -194,7 +194,7 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Writes `before`, then `chunks` as one chunk of the body.
 async fn send<S: AsRef<TcpStream>>(
     socket: &TcpStream,
-    outlet: Option<&DirectOutlet<S>>,
+    outlet: Option<&SocketOutlet<S>>,
     close: &CancellationToken,
     before: &[u8],
     chunks: &[Bytes],
@@ -206,7 +206,7 @@ async fn send<S: AsRef<TcpStream>>(
 
 /// The size line of a chunk of `len` bytes, written into `size`: at most
 /// 16 hexadecimal digits, then CRLF.
-fn size_line(size: &mut [u8; 18], len: usize) -> &[u8] {
+pub(super) fn size_line(size: &mut [u8; 18], len: usize) -> &[u8] {
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
     for (place, digit) in size[..digits].iter_mut().rev().enumerate() {
         *digit = b"0123456789abcdef"[(len >> (4 * place)) & 0xf];
@@ -236,7 +236,7 @@ fn chunk_parts<'a>(
 /// cut-off (`close`) stops a write that waits for room.
 async fn write_all<'a, P: Iterator<Item = &'a [u8]>, S: AsRef<TcpStream>>(
     socket: &TcpStream,
-    outlet: Option<&DirectOutlet<S>>,
+    outlet: Option<&SocketOutlet<S>>,
     close: &CancellationToken,
     parts: impl Fn() -> P,
 ) -> io::Result<()> {
@@ -259,158 +259,6 @@ async fn write_all<'a, P: Iterator<Item = &'a [u8]>, S: AsRef<TcpStream>>(
     writev::unless_cut_off(pin!(writing), close)
         .await
         .unwrap_or_else(|| Err(io::Error::other("cut off by the hub")))
-}
-
-/// A detached response's socket, as the write tick writes to it.
-struct DirectOutlet<S> {
-    state: Mutex<OutletState<S>>,
-    writer: TickWriter,
-}
-
-struct OutletState<S> {
-    /// `None` once the response's task is done with the socket.
-    socket: Option<S>,
-    /// What the socket did not take of the tick's last write: the task
-    /// writes it before anything else.
-    leftover: Bytes,
-}
-
-impl<S> DirectOutlet<S> {
-    fn new(socket: S, writer: TickWriter) -> Self {
-        DirectOutlet {
-            state: Mutex::new(OutletState {
-                socket: Some(socket),
-                leftover: Bytes::new(),
-            }),
-            writer,
-        }
-    }
-
-    /// Writes what the tick left, before anything of the task's. The lock
-    /// waits for a write of the tick's under way; the tick writes no more
-    /// until the task waits again (`Mailbox::take_waiting`). The rest stays
-    /// here, not in the task's write: an idle subscriber's task is as
-    /// large as the largest state of its write.
-    fn poll_write_leftover(
-        &self,
-        cx: &mut Context<'_>,
-        socket: &TcpStream,
-    ) -> Poll<io::Result<()>> {
-        let mut state = self.state.lock();
-        while !state.leftover.is_empty() {
-            match socket.try_write(&state.leftover) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(written) => state.leftover.advance(written),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(socket.poll_write_ready(cx))?;
-                }
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// The tick writes no more; waits for a write of its under way.
-    fn close(&self) {
-        self.state.lock().socket = None;
-    }
-
-    fn expired(&self) -> bool {
-        self.writer.expires.is_some_and(|at| Instant::now() >= at)
-    }
-}
-
-impl<S: AsRef<TcpStream> + Send + Sync> Outlet for DirectOutlet<S> {
-    fn write_through(
-        &self,
-        mailbox: &Mailbox,
-        tick: u64,
-        batch: &mut Vec<Queued>,
-        last: &mut LastChunk,
-    ) -> Wrote {
-        let mut state = self.state.lock();
-        let Some(socket) = &state.socket else {
-            return Wrote::Nothing;
-        };
-        if !state.leftover.is_empty() || self.expired() || !mailbox.take_waiting(tick, batch) {
-            return Wrote::Nothing;
-        }
-        let TickWriter {
-            encoding,
-            meter,
-            info,
-            ..
-        } = &self.writer;
-        // The encoding, told by the first event's frame in it: each
-        // encoding of an event is a buffer of its own.
-        let key = batch.first().map(|q| encoding.event(&q.event).as_ptr());
-        let key = key.map_or(0, |frame| frame as usize);
-        let chunk = last.get_or_make(key, batch, |batch| chunk_of(*encoding, batch));
-        // `send`, not tokio's `try_write`: a plain system call, with no
-        // file layer (`writev`) and no readiness bookkeeping, which the
-        // task's next write redoes if the socket was full.
-        let sent = socket2::SockRef::from(socket.as_ref()).send(&chunk.bytes);
-        meter.delivered(batch);
-        meter.sent(chunk.frames);
-        info.received(batch);
-        batch.clear();
-        // A failed send leaves the whole chunk: the task's own write then
-        // fails the same way, and ends the response.
-        let sent = sent.unwrap_or(0);
-        if sent == chunk.bytes.len() {
-            return Wrote::All;
-        }
-        state.leftover = chunk.bytes.slice(sent..);
-        Wrote::Part
-    }
-}
-
-/// The outlet a response gives the write tick with its first events (an
-/// idle subscriber never needs one), closed when the response ends,
-/// however it ends, and before its socket can be: the tick writes to it
-/// no more.
-struct Given<S: AsRef<TcpStream> + Send + Sync + 'static>(Option<Arc<DirectOutlet<S>>>);
-
-impl<S: AsRef<TcpStream> + Clone + Send + Sync + 'static> Given<S> {
-    fn give(&mut self, feed: &Feed, socket: &S) {
-        let outlet = Arc::new(DirectOutlet::new(socket.clone(), feed.tick_writer()));
-        feed.set_outlet(outlet.clone());
-        self.0 = Some(outlet);
-    }
-}
-
-impl<S: AsRef<TcpStream> + Send + Sync + 'static> Given<S> {
-    fn get(&self) -> Option<&DirectOutlet<S>> {
-        self.0.as_deref()
-    }
-
-    fn close(&self) {
-        if let Some(outlet) = &self.0 {
-            outlet.close();
-        }
-    }
-}
-
-impl<S: AsRef<TcpStream> + Send + Sync + 'static> Drop for Given<S> {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-/// `batch` in `encoding`, as one chunk of the body, in one buffer.
-fn chunk_of(encoding: &dyn super::subscribe::Encoding, batch: &[Queued]) -> Chunk {
-    let frames = || batch.iter().map(|q| encoding.event(&q.event));
-    let len = frames().map(Bytes::len).sum();
-    let mut size = [0u8; 18];
-    let size = size_line(&mut size, len);
-    let mut chunk = BytesMut::with_capacity(size.len() + len + 2);
-    chunk.put_slice(size);
-    frames().for_each(|frame| chunk.put_slice(frame));
-    chunk.put_slice(b"\r\n");
-    Chunk {
-        bytes: chunk.freeze(),
-        frames: len,
-    }
 }
 
 /// Resolves when the client closes the connection, or it fails. Anything

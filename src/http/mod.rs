@@ -8,6 +8,7 @@ mod history;
 mod limits;
 mod metrics;
 mod ndjson;
+mod outlet;
 mod publish;
 mod sse;
 mod subscribe;

@@ -20,13 +20,14 @@ use smallvec::smallvec;
 use tokio_util::sync::CancellationToken;
 
 use super::errors::ApiError;
+use super::outlet::{Framing, TickWriter};
 use super::{AppState, direct, ndjson, sse};
 use crate::auth::{Auth, Caller, Expiry};
 use crate::event::{Event, EventId};
 use crate::frame::{self, Chunks};
 use crate::hub::fanout::{ClientInfo, Transport};
 use crate::hub::outlet::Outlet;
-use crate::hub::presence::{Meter, Presence, Reason};
+use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
 use crate::server::ConnInfo;
 
@@ -196,7 +197,7 @@ async fn open(
     };
     let info = client_info(&params, conn.as_ref(), transport);
     let topics = filter.listed().map(String::from).collect();
-    let detachable = conn.as_ref().is_some_and(|c| c.detachable);
+    let detachable = conn.as_ref().is_some_and(|c| c.detachable());
     let on_cut_off = conn.map_or_else(CancellationToken::new, |c| c.close);
     let subscription = state
         .hub
@@ -347,7 +348,7 @@ impl Feed {
     /// How the write tick must write this feed's events.
     pub fn tick_writer(&self) -> TickWriter {
         TickWriter {
-            encoding: self.encoding,
+            framing: Framing::Chunked(self.encoding),
             meter: self.presence.meter(),
             info: self.subscription.info().clone(),
             expires: self.expiry.deadline().map(Into::into),
@@ -389,18 +390,6 @@ impl Feed {
         self.presence.sent(chunks.iter().map(Bytes::len).sum());
         Ok(chunks)
     }
-}
-
-/// What the write tick needs to write a feed's events as its writer would.
-pub struct TickWriter {
-    pub encoding: &'static dyn Encoding,
-    /// Counts what is written, as the feed's presence does.
-    pub meter: Meter,
-    /// Notes what the client received, as the subscription does.
-    pub info: Arc<ClientInfo>,
-    /// When the caller's token expires: from then on, the feed's own
-    /// writer must end the stream, and the tick writes nothing more.
-    pub expires: Option<std::time::Instant>,
 }
 
 /// The response to a subscription: its head, and `feed` as its body. On a

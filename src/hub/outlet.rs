@@ -18,9 +18,9 @@
 //! which writes it before anything else ([`Wrote::Part`]): a slow reader
 //! keeps its own task waiting, never the tick.
 //!
-//! Only the connections the hub writes itself have an outlet (plain-text
-//! HTTP/1.1 SSE and NDJSON, `http::direct`); the others are woken as
-//! before.
+//! Only the connections whose socket the hub writes itself have an outlet
+//! (`http::outlet`: plain-text HTTP/1.1 SSE and NDJSON, and WebSockets
+//! upgraded from plain-text HTTP/1.1); the others are woken as before.
 
 use std::sync::Arc;
 

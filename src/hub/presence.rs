@@ -308,6 +308,18 @@ impl Meter {
     }
 }
 
+/// A meter for the hub's unit tests, counting into metrics of its own.
+#[cfg(test)]
+impl Meter {
+    pub fn sample() -> Meter {
+        let metrics = crate::metrics::Metrics::new("memory");
+        Meter {
+            transport: metrics.transport(crate::hub::fanout::Transport::Ws).clone(),
+            latency: metrics.fanout_latency.clone(),
+        }
+    }
+}
+
 impl Drop for Presence {
     fn drop(&mut self) {
         let reason = self.reason.unwrap_or(if self.cut_off.is_cancelled() {

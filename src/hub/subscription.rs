@@ -299,6 +299,10 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.fanout.unregister(self.id);
+        // The write tick may still hold the mailbox in its list: it must
+        // take nothing more from it, for the connection may go on with
+        // another subscription through the same outlet (a WebSocket's).
+        self.mailbox.close(Ending::Shutdown);
     }
 }
 

@@ -12,12 +12,16 @@
 //! and is closed if it has not answered by the next one.
 //! A socket opened with a token is closed with `1008` when the token
 //! expires; its commands are allowed what the token grants.
+//!
+//! On plain-text HTTP/1.1 the hub's write tick may write the session's
+//! batches itself while the session waits (`super::outlet`); the session
+//! holds the socket whenever it writes anything of its own.
 
 pub(super) mod command;
 mod handshake;
 mod outgoing;
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::errors::ApiError;
 use super::limits;
+use super::outlet::{Framing, Given, TickWriter};
 use super::subscribe::{Params, SubscribeParts, client_info, resume_from};
 use crate::auth::{Caller, Expiry};
 use crate::frame::{self, GAP_TYPE};
@@ -44,6 +49,7 @@ use crate::hub::presence::{Presence, Reason};
 use crate::hub::subscription::{End, Item, Resume, SubscribeRequest, Subscription};
 use crate::log::Appended;
 use crate::metrics::Metrics;
+use crate::server::Shared;
 use crate::topic::TopicFilter;
 use command::Command;
 use handshake::{Handshake, Socket};
@@ -140,6 +146,12 @@ struct Session {
     caller: Caller,
     /// When the caller's token expires, closing the socket.
     expiry: Expiry,
+    /// The connection's socket, on plain-text HTTP/1.1: the write tick may
+    /// write the session's events to it.
+    tcp: Option<Shared>,
+    /// The write tick's way onto `tcp`, given with the first events (an
+    /// idle socket never needs one), and to each subscription after.
+    outlet: Given<Shared>,
 }
 
 impl Session {
@@ -169,6 +181,8 @@ impl Session {
             cut_off,
             expiry: caller.expiry(),
             caller,
+            tcp: conn.and_then(|conn| conn.socket.clone()),
+            outlet: Given::none(),
         }
     }
 
@@ -187,6 +201,24 @@ impl Session {
         async move {
             let mut awaiting_pong = false;
             loop {
+                // What the session wrote is out (the library's queue too,
+                // with the answer to a ping it read): the write tick may
+                // write to the socket while the session waits.
+                if let Some(outlet) = self.outlet.get() {
+                    let flushed = writev::unless_cut_off(pin!(socket.flush()), &self.cut_off).await;
+                    match flushed {
+                        Some(Ok(())) => outlet.release(),
+                        Some(Err(_)) => {
+                            self.presence.end(Reason::Error);
+                            break;
+                        }
+                        None => {
+                            Box::pin(self.close(&mut socket, None, TRY_AGAIN_LATER, TOO_SLOW))
+                                .await;
+                            break;
+                        }
+                    }
+                }
                 // The socket learns of shutdown from its subscription
                 // (`End::Closed`), and of being cut off (`End::CutOff`, once it
                 // has sent what its mailbox held), which it polls anyway:
@@ -197,7 +229,13 @@ impl Session {
                 let step = tokio::select! {
                     biased;
                     _ = self.expiry.wait() => Step::Close(POLICY_VIOLATION, TOKEN_EXPIRED),
-                    message = socket.next() => match message {
+                    // Read under the outlet's lock: a read may send the
+                    // answer to a ping read before, which must not land
+                    // in a write of the tick's.
+                    message = poll_fn(|cx| match self.outlet.get() {
+                        Some(outlet) => outlet.poll_held(|| socket.poll_next_unpin(cx)),
+                        None => socket.poll_next_unpin(cx),
+                    }) => match message {
                         None => Step::Stop(Reason::Closed),
                         // The library queued the reply to the peer's close
                         // frame: flush it, so the close is clean on both sides.
@@ -244,7 +282,7 @@ impl Session {
                         Ok(Item::KeepAlive) if awaiting_pong => {
                             Step::Close(POLICY_VIOLATION, "no answer to ping")
                         }
-                        // A WebSocket has no outlet: the tick never writes for it.
+                        // What the tick left of a write goes out below.
                         Ok(Item::Flush) => Step::Nothing,
                         Ok(Item::KeepAlive) => {
                             awaiting_pong = true;
@@ -255,6 +293,31 @@ impl Session {
                         Err(End::CutOff) => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                     },
                 };
+                // The session writes next, if anything: the tick waits, and
+                // the rest of a frame it began goes out first.
+                if let Some(outlet) = self.outlet.get() {
+                    outlet.hold();
+                    let written = match &self.tcp {
+                        Some(tcp) => {
+                            let leftover =
+                                poll_fn(|cx| outlet.poll_write_leftover(cx, tcp.as_ref()));
+                            writev::unless_cut_off(pin!(leftover), &self.cut_off).await
+                        }
+                        None => Some(Ok(())),
+                    };
+                    match written {
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => {
+                            self.presence.end(Reason::Error);
+                            break;
+                        }
+                        None => {
+                            Box::pin(self.close(&mut socket, None, TRY_AGAIN_LATER, TOO_SLOW))
+                                .await;
+                            break;
+                        }
+                    }
+                }
                 let (message, mut outgoing) = match step {
                     Step::Nothing => continue,
                     Step::Stop(reason) => {
@@ -294,7 +357,12 @@ impl Session {
                     writev::unless_cut_off(send, &self.cut_off).await
                 };
                 match sent {
-                    Some(Ok(())) => self.presence.sent(bytes),
+                    Some(Ok(())) => {
+                        self.presence.sent(bytes);
+                        if outgoing.is_some() {
+                            self.give_outlet();
+                        }
+                    }
                     Some(Err(_)) => {
                         self.presence.end(Reason::Error);
                         break;
@@ -332,13 +400,36 @@ impl Session {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
+        let (outlet, tcp) = (self.outlet.get(), &self.tcp);
         let closing = async {
+            // The rest of a frame the tick began, before anything else.
+            if let (Some(outlet), Some(tcp)) = (outlet, tcp) {
+                outlet.hold();
+                poll_fn(|cx| outlet.poll_write_leftover(cx, tcp.as_ref())).await?;
+            }
             if let Some(mut unfinished) = unfinished {
                 unfinished.write(socket).await?;
             }
             socket.send(Message::Close(Some(frame))).await
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+    }
+
+    /// Lets the write tick write the session's events from now on, once
+    /// it has events and if its socket allows (see `crate::http::outlet`).
+    fn give_outlet(&mut self) {
+        let Some(tcp) = &self.tcp else { return };
+        if self.outlet.get().is_some() {
+            return;
+        }
+        let writer = TickWriter {
+            framing: Framing::WebSocket,
+            meter: self.presence.meter(),
+            info: self.info.clone(),
+            expires: self.expiry.deadline().map(Into::into),
+        };
+        let outlet = self.outlet.give(tcp.clone(), writer);
+        self.subscription.mailbox().set_outlet(outlet);
     }
 
     /// Carries out one command and returns the reply frame.
@@ -424,14 +515,20 @@ impl Session {
         let filter = self.caller.filter(listed.iter().map(String::as_str), max)?;
         match resume {
             // The socket had no topics: its new subscription replays first.
-            Some(resume) => {
-                self.subscription =
-                    open(&self.state, &self.info, &self.cut_off, filter, resume).await;
-            }
+            Some(resume) => self.reopen(filter, resume).await,
             None => self.subscription.set_filter(filter),
         }
         self.presence.set_topics(listed);
         Ok(())
+    }
+
+    /// Replaces the socket's subscription, whose mailbox gets the outlet
+    /// if the session has given one.
+    async fn reopen(&mut self, filter: TopicFilter, resume: Resume) {
+        self.subscription = open(&self.state, &self.info, &self.cut_off, filter, resume).await;
+        if let Some(outlet) = self.outlet.shared() {
+            self.subscription.mailbox().set_outlet(outlet);
+        }
     }
 
     async fn unsubscribe(&mut self, topics: &[String]) -> Result<(), ApiError> {
@@ -446,9 +543,7 @@ impl Session {
         if remaining.is_empty() {
             // A new subscription, with no topics: what the old one had
             // queued is dropped, and a `subscribe` may resume again.
-            let none = TopicFilter::default();
-            self.subscription =
-                open(&self.state, &self.info, &self.cut_off, none, Resume::Live).await;
+            self.reopen(TopicFilter::default(), Resume::Live).await;
         } else {
             let filter = self
                 .caller
