@@ -122,6 +122,9 @@ enum Step {
     Send(Message),
     /// A batch of events' frames, written together.
     Deliver(Outgoing),
+    /// Only what the write tick left of a write, and tungstenite's queue
+    /// (the answer to a ping).
+    Flush,
     Close(u16, &'static str),
     /// The peer closed: send the queued reply, then stop.
     Echo,
@@ -201,24 +204,6 @@ impl Session {
         async move {
             let mut awaiting_pong = false;
             loop {
-                // What the session wrote is out (the library's queue too,
-                // with the answer to a ping it read): the write tick may
-                // write to the socket while the session waits.
-                if let Some(outlet) = self.outlet.get() {
-                    let flushed = writev::unless_cut_off(pin!(socket.flush()), &self.cut_off).await;
-                    match flushed {
-                        Some(Ok(())) => outlet.release(),
-                        Some(Err(_)) => {
-                            self.presence.end(Reason::Error);
-                            break;
-                        }
-                        None => {
-                            Box::pin(self.close(&mut socket, None, TRY_AGAIN_LATER, TOO_SLOW))
-                                .await;
-                            break;
-                        }
-                    }
-                }
                 // The socket learns of shutdown from its subscription
                 // (`End::Closed`), and of being cut off (`End::CutOff`, once it
                 // has sent what its mailbox held), which it polls anyway:
@@ -254,8 +239,9 @@ impl Session {
                             awaiting_pong = false;
                             Step::Nothing
                         }
-                        // Pings are answered by the WebSocket library itself.
-                        Some(Ok(Message::Ping(_))) => Step::Nothing,
+                        // Pings are answered by the WebSocket library itself,
+                        // which queued the answer: flush it.
+                        Some(Ok(Message::Ping(_))) => Step::Flush,
                         // Never read, only sent.
                         Some(Ok(Message::Frame(_))) => Step::Nothing,
                         Some(Err(tungstenite::Error::Capacity(_))) => {
@@ -282,8 +268,8 @@ impl Session {
                         Ok(Item::KeepAlive) if awaiting_pong => {
                             Step::Close(POLICY_VIOLATION, "no answer to ping")
                         }
-                        // What the tick left of a write goes out below.
-                        Ok(Item::Flush) => Step::Nothing,
+                        // The tick left part of a write: it goes out first.
+                        Ok(Item::Flush) => Step::Flush,
                         Ok(Item::KeepAlive) => {
                             awaiting_pong = true;
                             Step::Send(Message::Ping(Bytes::new()))
@@ -293,40 +279,26 @@ impl Session {
                         Err(End::CutOff) => Step::Close(TRY_AGAIN_LATER, TOO_SLOW),
                     },
                 };
-                // The session writes next, if anything: the tick waits, and
-                // the rest of a frame it began goes out first.
+                // The session writes next, if anything: the tick waits.
                 if let Some(outlet) = self.outlet.get() {
                     outlet.hold();
-                    let written = match &self.tcp {
-                        Some(tcp) => {
-                            let leftover =
-                                poll_fn(|cx| outlet.poll_write_leftover(cx, tcp.as_ref()));
-                            writev::unless_cut_off(pin!(leftover), &self.cut_off).await
-                        }
-                        None => Some(Ok(())),
-                    };
-                    match written {
-                        Some(Ok(())) => {}
-                        Some(Err(_)) => {
-                            self.presence.end(Reason::Error);
-                            break;
-                        }
-                        None => {
-                            Box::pin(self.close(&mut socket, None, TRY_AGAIN_LATER, TOO_SLOW))
-                                .await;
-                            break;
-                        }
-                    }
                 }
                 let (message, mut outgoing) = match step {
-                    Step::Nothing => continue,
+                    Step::Nothing => {
+                        self.release();
+                        continue;
+                    }
                     Step::Stop(reason) => {
                         self.presence.end(reason);
                         break;
                     }
                     Step::Echo => {
                         self.presence.end(Reason::Closed);
-                        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, socket.flush())).await;
+                        let echo = async {
+                            self.write_leftover().await?;
+                            socket.flush().await
+                        };
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, echo)).await;
                         break;
                     }
                     Step::Close(code, reason) => {
@@ -335,6 +307,7 @@ impl Session {
                     }
                     Step::Send(message) => (Some(message), None),
                     Step::Deliver(outgoing) => (None, Some(outgoing)),
+                    Step::Flush => (None, None),
                 };
                 // Bytes on the wire, frame headers included.
                 let bytes = match (&message, &outgoing) {
@@ -348,10 +321,12 @@ impl Session {
                 // close frame goes out once the peer reads again.
                 let sent = {
                     let send = pin!(async {
+                        // The rest of a frame the tick began, first.
+                        self.write_leftover().await?;
                         match (message, &mut outgoing) {
                             (Some(message), _) => socket.send(message).await,
                             (None, Some(outgoing)) => outgoing.write(&mut socket).await,
-                            (None, None) => Ok(()),
+                            (None, None) => socket.flush().await,
                         }
                     });
                     writev::unless_cut_off(send, &self.cut_off).await
@@ -362,6 +337,8 @@ impl Session {
                         if outgoing.is_some() {
                             self.give_outlet();
                         }
+                        // All of it is out, tungstenite's queue too.
+                        self.release();
                     }
                     Some(Err(_)) => {
                         self.presence.end(Reason::Error);
@@ -378,6 +355,25 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// What the write tick left of a frame, written before anything of the
+    /// session's (see `crate::http::outlet`).
+    async fn write_leftover(&self) -> std::io::Result<()> {
+        match (self.outlet.get(), &self.tcp) {
+            (Some(outlet), Some(tcp)) => {
+                poll_fn(|cx| outlet.poll_write_leftover(cx, tcp.as_ref())).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The session's writes are all out, and tungstenite's queue: the
+    /// write tick may write while it waits.
+    fn release(&self) {
+        if let Some(outlet) = self.outlet.get() {
+            outlet.release();
         }
     }
 
@@ -400,13 +396,9 @@ impl Session {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let (outlet, tcp) = (self.outlet.get(), &self.tcp);
         let closing = async {
             // The rest of a frame the tick began, before anything else.
-            if let (Some(outlet), Some(tcp)) = (outlet, tcp) {
-                outlet.hold();
-                poll_fn(|cx| outlet.poll_write_leftover(cx, tcp.as_ref())).await?;
-            }
+            self.write_leftover().await?;
             if let Some(mut unfinished) = unfinished {
                 unfinished.write(socket).await?;
             }
