@@ -209,6 +209,58 @@ where
     }
 }
 
+/// A hub whose sockets fill after a few hundred KB (64 KiB send buffers),
+/// and whose mailboxes and history hold 20,000 events.
+async fn hub_with_small_socket_buffers() -> Hub {
+    Hub::start(&[
+        "--socket-send-buffer",
+        "64KiB",
+        "--subscriber-buffer",
+        "20000",
+        "--history-max-events",
+        "20000",
+    ])
+    .await
+}
+
+/// Publishes 1 KB events to `pause` in small batches, every 2 ms, until a
+/// tick has had to leave part of a write (its subscriber's socket is
+/// full), then 50 batches more; calls `between` after each batch with the
+/// number published. Several batches come in each 10 ms tick, so that the
+/// tick, not the task (which the first event of each tick wakes), writes
+/// most of them. Returns the ids, in order.
+async fn publish_until_a_tick_write_is_partial(
+    hub: &Hub,
+    mut between: impl AsyncFnMut(usize),
+) -> Vec<String> {
+    const SMALL: usize = 5;
+    let filler = "x".repeat(1000);
+    let mut published = Vec::new();
+    let mut after_full = 50;
+    while after_full > 0 {
+        let number = published.len();
+        let body: String = (number..number + SMALL)
+            .map(|n| format!("{{\"topic\":\"pause\",\"data\":\"{n}-{filler}\"}}\n"))
+            .collect();
+        published.extend(hub.publish_batch(body).await);
+        between(published.len()).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let full = || async { tick_writes(hub, "partial").await > 0.0 };
+        if after_full < 50 || (published.len() % 100 == 0 && full().await) {
+            after_full -= 1;
+        }
+        assert!(
+            published.len() < 15_000,
+            "the tick never found the socket full"
+        );
+    }
+    assert!(
+        tick_writes(hub, "whole").await > 0.0,
+        "the tick wrote whole batches too"
+    );
+    published
+}
+
 /// The write tick writes a waiting subscriber's batch itself. When the
 /// socket is full it writes what fits and leaves the rest to the
 /// subscriber's own writer: a reader that stops reading for a while, then
@@ -217,42 +269,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_pauses_gets_every_event_whole_after_the_tick_left_a_write_to_it() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let hub = Hub::start(&[
-        "--socket-send-buffer",
-        "64KiB",
-        "--subscriber-buffer",
-        "20000",
-        "--history-max-events",
-        "20000",
-    ])
-    .await;
+    let hub = hub_with_small_socket_buffers().await;
     let mut paused = stalled_subscriber(&hub, "pause", "paused").await;
-    let filler = "x".repeat(1000);
-    let mut published = Vec::new();
-    // Small batches, every 2 ms: several in each 10 ms tick, so that the
-    // tick, not the task (which the first event of each tick wakes), writes
-    // most of them. Until the socket is full and a tick has had to leave
-    // part of a write (a few hundred KB on loopback with these buffers),
-    // then a little more.
-    const SMALL: usize = 5;
-    let mut number = 0;
-    let mut after_full = 50;
-    while after_full > 0 {
-        let body: String = (number..number + SMALL)
-            .map(|n| format!("{{\"topic\":\"pause\",\"data\":\"{n}-{filler}\"}}\n"))
-            .collect();
-        number += SMALL;
-        published.extend(hub.publish_batch(body).await);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if after_full < 50 || (number % 100 == 0 && tick_writes(&hub, "partial").await > 0.0) {
-            after_full -= 1;
-        }
-        assert!(number < 15_000, "the tick never found the socket full");
-    }
-    assert!(
-        tick_writes(&hub, "whole").await > 0.0,
-        "the tick wrote whole batches too"
-    );
+    let published = publish_until_a_tick_write_is_partial(&hub, async |_| {}).await;
 
     let last = format!("id: {}\n", published.last().unwrap());
     let reading = tokio::task::spawn_blocking(move || {
@@ -300,52 +319,24 @@ async fn a_reader_that_pauses_gets_every_event_whole_after_the_tick_left_a_write
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_reader_that_pauses_gets_every_frame_whole_after_the_tick_left_a_write_to_it() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let hub = Hub::start(&[
-        "--socket-send-buffer",
-        "64KiB",
-        "--subscriber-buffer",
-        "20000",
-        "--history-max-events",
-        "20000",
-    ])
-    .await;
+    let hub = hub_with_small_socket_buffers().await;
     let mut socket = ws::connect(&hub, "/ws?topics=pause").await;
     // Registered once it answers.
     let pong = ws::command(&mut socket, json!({"op": "ping"})).await;
     assert_eq!(pong["op"], "pong");
-    let filler = "x".repeat(1000);
-    let mut published = Vec::new();
+    // A ping and a command now and then, unread like the rest.
     let (mut pings, mut commands) = (0, 0);
-    // As for SSE: small batches every 2 ms, until a tick has had to leave
-    // part of a write, then a little more; a ping and a command now and
-    // then, unread like the rest.
-    const SMALL: usize = 5;
-    let mut number = 0;
-    let mut after_full = 50;
-    while after_full > 0 {
-        let body: String = (number..number + SMALL)
-            .map(|n| format!("{{\"topic\":\"pause\",\"data\":\"{n}-{filler}\"}}\n"))
-            .collect();
-        number += SMALL;
-        published.extend(hub.publish_batch(body).await);
-        if number % 50 == 0 {
-            let ping = Message::Ping(format!("{number}").into_bytes().into());
+    let published = publish_until_a_tick_write_is_partial(&hub, async |published| {
+        if published % 50 == 0 {
+            let ping = Message::Ping(format!("{published}").into_bytes().into());
             socket.send(ping).await.unwrap();
             pings += 1;
             let command = json!({"op": "ping"}).to_string();
             socket.send(Message::text(command)).await.unwrap();
             commands += 1;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if after_full < 50 || (number % 100 == 0 && tick_writes(&hub, "partial").await > 0.0) {
-            after_full -= 1;
-        }
-        assert!(number < 15_000, "the tick never found the socket full");
-    }
-    assert!(
-        tick_writes(&hub, "whole").await > 0.0,
-        "the tick wrote whole batches too"
-    );
+    })
+    .await;
 
     let (mut ids, mut pongs, mut replies) = (Vec::new(), 0, 0);
     while ids.len() < published.len() || pongs < pings || replies < commands {

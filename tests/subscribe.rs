@@ -591,17 +591,9 @@ async fn subscribers_of_one_topic_in_every_format_get_their_own_frames_from_the_
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Small batches every 2 ms: several in each 10 ms tick, which the
-    // tick writes for the subscribers waiting for them.
     const EVENTS: u64 = 200;
     let mut ndjson_bytes = 0;
-    for first in (0..EVENTS).step_by(5) {
-        let body: String = (first..first + 5)
-            .map(|n| format!("{{\"topic\":\"fmt\",\"data\":{{\"n\":{n}}}}}\n"))
-            .collect();
-        hub.publish_batch(body).await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    hub.publish_in_small_batches("fmt", 0..EVENTS).await;
     for n in 0..EVENTS {
         for stream in &mut plain {
             let event = next_event(stream, Duration::from_secs(10)).await;

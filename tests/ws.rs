@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::ws::{close_code, command, connect, next_json, ws_url};
-use common::{Hub, SteadyPublisher, assert_contiguous, next_event, sse};
+use common::ws::{close_code, command, command_text, connect, next_json, next_text, ws_url};
+use common::{Hub, SteadyPublisher, assert_contiguous, next_event, sse, tick_writes};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -374,6 +374,55 @@ async fn replay_from_the_url_or_a_subscribe_command_and_gaps() {
     // earliest.
     let mut socket = connect(&hub, "/ws?topics=r&last_event_id=earliest").await;
     assert_eq!(next_json(&mut socket).await["id"], ids[2]);
+}
+
+/// On plain-text HTTP/1.1 the write tick writes a waiting socket's
+/// batches itself: on the subscription the socket opened with, and on the
+/// one that a `subscribe` which resumes opens after an `unsubscribe` of
+/// everything. Every event comes once, in order, and what the tick wrote
+/// is counted in `sluice_bytes_sent_total` as the session's own writes
+/// are: the frames, headers included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tick_writes_for_a_waiting_socket_and_for_its_next_subscription() {
+    let hub = Hub::start(&["--lifecycle-events", "false"]).await;
+    let mut socket = connect(&hub, "/ws?topics=t").await;
+    // Bytes of the text frames read: a 2-byte header under 126 bytes, 4
+    // under 64 KiB (RFC 6455, section 5.2).
+    let mut bytes = 0;
+    let mut read = |text: &str| {
+        bytes += text.len() + if text.len() < 126 { 2 } else { 4 };
+        serde_json::from_str::<Value>(text).expect("JSON text frame")
+    };
+    let reply = read(&command_text(&mut socket, json!({"op": "ping"})).await);
+    assert_eq!(reply["op"], "pong", "registered");
+    let first = hub.publish_in_small_batches("t", 0..100).await;
+    for id in &first {
+        assert_eq!(&read(&next_text(&mut socket).await)["id"], id);
+    }
+    let by_the_first = tick_writes(&hub, "whole").await;
+    assert!(by_the_first > 0.0, "the tick wrote to the socket");
+
+    let unsubscribe = json!({"op": "unsubscribe", "topics": ["t"]});
+    let reply = read(&command_text(&mut socket, unsubscribe).await);
+    assert_eq!(reply["topics"], json!([]));
+    let missed = hub.publish("t", json!("missed")).await;
+    let resume = json!({"op": "subscribe", "topics": ["t"], "last_event_id": first.last()});
+    let reply = read(&command_text(&mut socket, resume).await);
+    assert_eq!(reply["ok"], true);
+    assert_eq!(read(&next_text(&mut socket).await)["id"], missed);
+    let second = hub.publish_in_small_batches("t", 100..200).await;
+    for id in &second {
+        assert_eq!(&read(&next_text(&mut socket).await)["id"], id);
+    }
+    assert!(
+        tick_writes(&hub, "whole").await > by_the_first,
+        "the tick wrote on the new subscription"
+    );
+    let metrics = hub.get_text("/metrics").await;
+    let sent = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("sluice_bytes_sent_total{transport=\"ws\"} "));
+    assert_eq!(sent, Some(bytes.to_string().as_str()));
 }
 
 /// As for SSE: a publisher publishes continuously while a WebSocket client

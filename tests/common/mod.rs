@@ -142,6 +142,26 @@ impl Hub {
             .collect()
     }
 
+    /// Publishes events `{"n": n}` for each `n` of `numbers` to `topic`,
+    /// five to a batch, a batch every 2 ms: several in each 10 ms tick,
+    /// which the write tick writes for the subscribers waiting for them.
+    /// Returns their ids.
+    pub async fn publish_in_small_batches(
+        &self,
+        topic: &str,
+        numbers: std::ops::Range<u64>,
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for first in numbers.clone().step_by(5) {
+            let body: String = (first..(first + 5).min(numbers.end))
+                .map(|n| format!("{{\"topic\":\"{topic}\",\"data\":{{\"n\":{n}}}}}\n"))
+                .collect();
+            ids.extend(self.publish_batch(body).await);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        ids
+    }
+
     /// The body of a successful `GET path`, as text.
     pub async fn get_text(&self, path: &str) -> String {
         let response = client().get(self.at(path)).send().await.unwrap();
