@@ -97,7 +97,8 @@ pub struct Config {
     /// The first part of every Redis key: nodes with the same Redis and
     /// prefix form one hub.
     pub redis_prefix: String,
-    /// Events a subscriber may have queued before it is cut off as too slow.
+    /// Events a subscriber may have queued before it is cut off as too slow
+    /// (four times that while it waits for the hub: `hub::mailbox::LATE_ROOM`).
     pub subscriber_buffer: usize,
     /// The reconnection delay SSE clients are told to use.
     pub retry_ms: u64,
@@ -317,7 +318,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_prefix: Option<String>,
-    /// Events queued per subscriber before it is cut off [default: 1000].
+    /// Events queued per subscriber before it is cut off as too slow;
+    /// four times that while the hub itself is behind [default: 1000].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriber_buffer: Option<usize>,
