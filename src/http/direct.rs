@@ -21,9 +21,9 @@
 //! HTTP/1.0 and `HEAD` keep hyper's writer.
 //!
 //! Such a response also gives the hub's write tick an outlet to its
-//! socket (`super::outlet`), through which the tick writes batches itself while the
-//! connection's task waits (see `hub::outlet`); the task writes what the
-//! tick could not, before anything else.
+//! socket (`super::outlet`), through which the tick writes batches itself
+//! while the connection's task waits (see `hub::outlet`); the task writes
+//! what the tick could not, before anything else.
 
 use std::future::poll_fn;
 use std::io::{self, Write as _};
