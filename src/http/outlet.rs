@@ -11,8 +11,10 @@
 //! (`Mailbox::take_waiting`) and does not hold the socket
 //! ([`SocketOutlet::hold`]): a WebSocket session writes more than its
 //! mailbox's events (replies, pings, the library's pongs), and holds the
-//! socket from the moment anything but its mailbox wakes it until
-//! everything of its own is out.
+//! socket from the moment anything wakes it until everything it wrote is
+//! out. (Its mailbox's flag alone would not do: it says the session
+//! waits until the session next asks it for events, which a session
+//! woken by a command does only after answering it.)
 
 use std::io;
 use std::sync::Arc;
