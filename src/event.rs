@@ -25,7 +25,7 @@ use crate::frame;
 /// later run of the hub are above those of an earlier run as long as the
 /// clock was not set back across the restart. This is the same scheme as
 /// Redis Stream ids, so the Redis backend can use its ids as ours.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct EventId {
     pub ms: u64,
     pub seq: u64,

@@ -29,7 +29,7 @@ use super::direct::size_line;
 use super::subscribe::Encoding;
 use crate::event::Event;
 use crate::hub::fanout::ClientInfo;
-use crate::hub::outlet::{Chunk, LastChunk, Mailbox, Outlet, Queued, Wrote};
+use crate::hub::outlet::{Chunk, LastChunk, Mailbox, Outlet, Queued, Source, Wrote};
 use crate::hub::presence::Meter;
 
 /// How the events of a connection are framed on its socket.
@@ -176,20 +176,19 @@ impl<S: AsRef<TcpStream> + Send + Sync> Outlet for SocketOutlet<S> {
         &self,
         mailbox: &Mailbox,
         tick: u64,
-        batch: &mut Vec<Queued>,
+        mut source: Source<'_>,
         last: &mut LastChunk,
     ) -> Wrote {
         let mut state = self.state.lock();
         let Some(socket) = &state.socket else {
             return Wrote::Nothing;
         };
-        if state.held
-            || !state.leftover.is_empty()
-            || self.expired()
-            || !mailbox.take_waiting(tick, batch)
-        {
+        if state.held || !state.leftover.is_empty() || self.expired() {
             return Wrote::Nothing;
         }
+        let Some(batch) = source.take(mailbox, tick) else {
+            return Wrote::Nothing;
+        };
         let TickWriter {
             framing,
             meter,
@@ -208,7 +207,7 @@ impl<S: AsRef<TcpStream> + Send + Sync> Outlet for SocketOutlet<S> {
         meter.delivered(batch);
         meter.sent(chunk.frames);
         info.received(batch);
-        batch.clear();
+        source.done();
         // A failed send leaves the whole chunk: the task's own write then
         // fails the same way, and ends the connection.
         let sent = sent.unwrap_or(0);
@@ -284,7 +283,8 @@ mod tests {
     /// The tick's write for `mailbox` in tick `tick`.
     fn tick_write(outlet: &dyn Outlet, mailbox: &Mailbox, tick: u64) -> Wrote {
         let mut batch = Vec::new();
-        outlet.write_through(mailbox, tick, &mut batch, &mut LastChunk::default())
+        let source = Source::Mailbox(&mut batch);
+        outlet.write_through(mailbox, tick, source, &mut LastChunk::default())
     }
 
     fn queued(event: &Arc<Event>) -> Queued {

@@ -16,7 +16,9 @@
 //! the same tick only mark it for the next tick ([`Fanout::tick`]), when
 //! it takes all of them and writes them as one frame. A quiet stream's
 //! events go out at once; a busy one's wait at most `write_delay`, in
-//! exchange for one write per tick instead of one per event.
+//! exchange for one write per tick instead of one per event. The later
+//! events of a tick for the subscribers of one topic alone go once into
+//! the topic's lane, not into each mailbox (see `hub::lane`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,9 +30,10 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::lane::{self, Due, Lane, Reader, Route};
 pub use super::mailbox::Queued;
 use super::mailbox::{Ending, Mailbox, Pushed};
-use super::outlet::{LastChunk, Wrote};
+use super::outlet::{LastChunk, Outlet, Source, Wrote};
 use crate::event::{Event, EventId};
 use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
@@ -117,10 +120,19 @@ struct Recipient {
     mailbox: Arc<Mailbox>,
 }
 
+/// The subscribers of one topic by name.
+struct Topic {
+    name: Arc<str>,
+    /// Those with other topics too: each event goes to each one's mailbox.
+    recipients: Vec<Recipient>,
+    /// Those with this topic alone (see `hub::lane`).
+    lane: Lane,
+}
+
 struct Registry {
     next_id: u64,
     subscribers: HashMap<u64, Subscriber>,
-    by_topic: HashMap<Box<str>, Vec<Recipient>>,
+    by_topic: HashMap<Arc<str>, Topic>,
     /// Subscribers with a pattern, and their filters.
     wildcard: Vec<(Recipient, Arc<TopicFilter>)>,
     /// Subscribers with no topics (see [`Fanout::subscriber_count`]).
@@ -132,6 +144,8 @@ struct Registry {
     tick: u64,
     /// Mailboxes with events queued in this tick, to wake at the next.
     deferred: Vec<Arc<Mailbox>>,
+    /// Topics whose lane holds events of this tick, for the next.
+    due: Vec<Arc<str>>,
     /// The hub is shutting down (see [`Fanout::shut_down`]).
     shut: bool,
 }
@@ -149,8 +163,43 @@ pub struct Fanout {
 #[derive(Default)]
 pub struct TickScratch {
     deferred: Vec<Arc<Mailbox>>,
+    due: Vec<Arc<str>>,
+    lanes: Vec<Due>,
+    /// Emptied lanes' vectors, to swap into the lanes at the next tick.
+    spare: Vec<Vec<Queued>>,
     batch: Vec<Queued>,
     last: LastChunk,
+    /// Readers whose mailbox could not take their lane's events, and the
+    /// first of those.
+    cut_off: Vec<(u64, EventId)>,
+}
+
+/// Where dispatch puts what it does not finish at once: the mailboxes to
+/// wake at the next tick, and the subscribers to cut off.
+struct Deliveries<'r> {
+    tick: Option<u64>,
+    deferred: &'r mut Vec<Arc<Mailbox>>,
+    cut_off: &'r mut Vec<u64>,
+}
+
+impl Deliveries<'_> {
+    /// One event into a subscriber's mailbox.
+    fn push(&mut self, id: u64, mailbox: &Arc<Mailbox>, queued: &Queued) {
+        match mailbox.push(queued.again(), self.tick) {
+            Pushed::Queued => {}
+            Pushed::Deferred => self.deferred.push(mailbox.clone()),
+            Pushed::Full => self.cut_off.push(id),
+        }
+    }
+
+    /// Events of a spilt lane into a reader's mailbox, which wakes it at
+    /// once: the tick is late.
+    fn hand(&mut self, id: u64, mailbox: &Mailbox, events: &[Queued]) {
+        let tick = self.tick.unwrap_or_default();
+        if mailbox.hand(events, tick) == Pushed::Full {
+            self.cut_off.push(id);
+        }
+    }
 }
 
 /// What `register` hands back to a new subscriber.
@@ -176,6 +225,7 @@ impl Fanout {
                 head,
                 tick: 0,
                 deferred: Vec::new(),
+                due: Vec::new(),
                 shut: false,
             }),
             metrics,
@@ -230,6 +280,17 @@ impl Fanout {
             return;
         };
         let (old, mailbox) = (sub.filter.clone(), sub.mailbox.clone());
+        // The events its lane holds for the tick were dispatched while the
+        // old filter stood: they are still its own.
+        let tick = reg.tick;
+        let handed = reg.lane_for(&old).and_then(|lane| {
+            let left = lane.pending().lock();
+            Some((mailbox.hand(&left, tick), left.first()?.event.id))
+        });
+        if let Some((Pushed::Full, undelivered)) = handed {
+            self.cut_off_slow(&mut reg, id, undelivered);
+            return;
+        }
         reg.unindex(id, &old);
         reg.index(id, &mailbox, &filter);
         if let Some(sub) = reg.subscribers.get_mut(&id) {
@@ -259,8 +320,9 @@ impl Fanout {
         ids.len()
     }
 
-    /// Hands events, in id order, to every matching subscriber's mailbox.
-    /// Never waits: a full mailbox cuts its subscriber off.
+    /// Hands events, in id order, to every matching subscriber: to its
+    /// mailbox, or to its topic's lane (see `hub::lane`). Never waits: a
+    /// full mailbox cuts its subscriber off.
     pub fn dispatch(&self, events: &[Arc<Event>]) {
         let dispatched = Instant::now();
         let mut guard = self.registry.lock();
@@ -268,58 +330,89 @@ impl Fanout {
         let mut cut_off = Vec::new();
         let tick = (!self.write_delay.is_zero()).then_some(reg.tick);
         for event in events {
-            let exact = reg.by_topic.get(&*event.topic).map(Vec::as_slice);
-            let wildcard = reg
-                .wildcard
-                .iter()
-                .filter(|(_, filter)| filter.matches(&event.topic))
-                .map(|(recipient, _)| recipient);
-            for recipient in exact.unwrap_or_default().iter().chain(wildcard) {
-                let queued = Queued {
-                    event: event.clone(),
-                    dispatched: Some(dispatched),
-                };
-                match recipient.mailbox.push(queued, tick) {
-                    Pushed::Queued => {}
-                    Pushed::Deferred => reg.deferred.push(recipient.mailbox.clone()),
-                    Pushed::Full => cut_off.push(recipient.id),
+            let queued = Queued {
+                event: event.clone(),
+                dispatched: Some(dispatched),
+            };
+            let Registry {
+                by_topic,
+                wildcard,
+                deferred,
+                due,
+                ..
+            } = reg;
+            let mut to = Deliveries {
+                tick,
+                deferred,
+                cut_off: &mut cut_off,
+            };
+            if let Some(topic) = by_topic.get_mut(&*event.topic) {
+                for recipient in &topic.recipients {
+                    to.push(recipient.id, &recipient.mailbox, &queued);
+                }
+                match topic.lane.route(&queued, tick) {
+                    Some(Route::EachMailbox) => {
+                        for reader in topic.lane.readers() {
+                            to.push(reader.id, &reader.mailbox, &queued);
+                        }
+                    }
+                    Some(Route::Due) => due.push(topic.name.clone()),
+                    Some(Route::Pending) | None => {}
+                    Some(Route::Spill) => {
+                        let mut spilt = Vec::new();
+                        for reader in topic.lane.spill(&mut spilt) {
+                            to.hand(reader.id, &reader.mailbox, &spilt);
+                        }
+                    }
+                }
+            }
+            for (recipient, filter) in wildcard.iter() {
+                if filter.matches(&event.topic) {
+                    to.push(recipient.id, &recipient.mailbox, &queued);
                 }
             }
             reg.head = event.id;
             // Remove at once, so a cut-off subscriber gets no later event.
             for id in cut_off.drain(..) {
-                if let Some(sub) = reg.remove(id) {
-                    self.metrics.slow_disconnects.inc();
-                    let info = &sub.info;
-                    tracing::warn!(
-                        client_id = %info.client_id,
-                        client_name = info.client_name.as_deref().unwrap_or(""),
-                        transport = info.transport.as_str(),
-                        topics = ?sub.filter.listed().collect::<Vec<_>>(),
-                        // Its mailbox is full: it is at least this many
-                        // events behind, plus this one.
-                        queued = sub.mailbox.capacity(),
-                        last_event_id = ?*info.last_event_id.lock(),
-                        undelivered_id = %event.id,
-                        remote = ?info.remote_addr,
-                        "subscriber fell behind its buffer and was disconnected"
-                    );
-                    sub.mailbox.close(Ending::CutOff);
-                    sub.on_cut_off.cancel();
-                }
+                self.cut_off_slow(reg, id, event.id);
             }
         }
     }
 
+    /// Cuts off a subscriber whose mailbox is full, at event `undelivered`.
+    fn cut_off_slow(&self, reg: &mut Registry, id: u64, undelivered: EventId) {
+        let Some(sub) = reg.remove(id) else {
+            return;
+        };
+        self.metrics.slow_disconnects.inc();
+        let info = &sub.info;
+        tracing::warn!(
+            client_id = %info.client_id,
+            client_name = info.client_name.as_deref().unwrap_or(""),
+            transport = info.transport.as_str(),
+            topics = ?sub.filter.listed().collect::<Vec<_>>(),
+            // Its mailbox is full: it is at least this many events
+            // behind, plus this one.
+            queued = sub.mailbox.capacity(),
+            last_event_id = ?*info.last_event_id.lock(),
+            undelivered_id = %undelivered,
+            remote = ?info.remote_addr,
+            "subscriber fell behind its buffer and was disconnected"
+        );
+        sub.mailbox.close(Ending::CutOff);
+        sub.on_cut_off.cancel();
+    }
+
     /// Ends a `write_delay` tick: the subscribers whose events waited for
-    /// it get everything queued since their last wake-up, written by the
-    /// tick itself where it can (see `hub::outlet`), or else by their
-    /// task, woken for it.
+    /// it get everything queued since their last wake-up, in their mailbox
+    /// or their lane, written by the tick itself where it can (see
+    /// `hub::outlet`), or else by their task, woken for it.
     ///
-    /// The registry is locked only to swap the list out: dispatch goes on
+    /// The registry is locked only to swap the lists out: dispatch goes on
     /// while the tick writes. A subscriber that an event reaches meanwhile
     /// is left to the tick, which has not come to it yet
-    /// (`Mailbox::push`).
+    /// (`Mailbox::push`), and a lane's readers get such events from the
+    /// tick too (`lane::catch_up`).
     ///
     /// The tick writes for two `write_delay`s at most: the subscribers it
     /// has not come to by then are woken, and their tasks write in
@@ -330,38 +423,64 @@ impl Fanout {
     /// subscribers at 10 ms on 2 cores), and waking the rest then cost
     /// more CPU per delivery than the late tick did.
     pub fn tick(&self, scratch: &mut TickScratch) {
-        let started = Instant::now();
         let tick = {
             let mut reg = self.registry.lock();
             reg.tick += 1;
+            let tick = reg.tick;
             std::mem::swap(&mut reg.deferred, &mut scratch.deferred);
-            reg.tick
-        };
-        let (mut whole, mut partial) = (0, 0);
-        let mut late = false;
-        for (done, mailbox) in scratch.deferred.drain(..).enumerate() {
-            // The clock read every few subscribers: a write costs far more.
-            if done % 16 == 15 && !late {
-                late = started.elapsed() >= 2 * self.write_delay;
+            std::mem::swap(&mut reg.due, &mut scratch.due);
+            for name in scratch.due.drain(..) {
+                let Some(topic) = reg.by_topic.get_mut(&name) else {
+                    continue;
+                };
+                let spare = scratch.spare.pop().unwrap_or_default();
+                match topic.lane.take_due(tick, spare) {
+                    Ok(due) => scratch.lanes.push(due),
+                    Err(spare) => scratch.spare.push(spare),
+                }
             }
-            let wrote = match mailbox.outlet() {
-                Some(outlet) if !late => {
-                    outlet.write_through(&mailbox, tick, &mut scratch.batch, &mut scratch.last)
-                }
-                _ => Wrote::Nothing,
-            };
-            match wrote {
-                Wrote::Nothing => mailbox.wake_deferred(tick),
-                Wrote::All => whole += 1,
-                Wrote::Part => {
-                    partial += 1;
-                    mailbox.flush();
-                }
+            tick
+        };
+        let mut pass = Pass::new(2 * self.write_delay);
+        // The mailboxes first: a lane's events go after what a reader's
+        // mailbox holds.
+        for mailbox in scratch.deferred.drain(..) {
+            let wrote = pass.write(&mailbox, |outlet| {
+                let source = Source::Mailbox(&mut scratch.batch);
+                outlet.write_through(&mailbox, tick, source, &mut scratch.last)
+            });
+            if wrote == Wrote::Nothing {
+                mailbox.wake_deferred(tick);
             }
         }
+        for mut due in scratch.lanes.drain(..) {
+            for (visited, reader) in due.readers.iter().enumerate() {
+                if visited % 16 == 15 {
+                    lane::catch_up(&mut due.events, &due.pending);
+                }
+                let (mailbox, events) = (&reader.mailbox, &due.events[..]);
+                let wrote = pass.write(mailbox, |outlet| {
+                    outlet.write_through(mailbox, tick, Source::Lane(events), &mut scratch.last)
+                });
+                if wrote == Wrote::Nothing && mailbox.hand(events, tick) == Pushed::Full {
+                    let undelivered = mailbox.own(events).first().map(|q| q.event.id);
+                    scratch
+                        .cut_off
+                        .push((reader.id, undelivered.unwrap_or_default()));
+                }
+            }
+            due.events.clear();
+            scratch.spare.push(due.events);
+        }
         scratch.last.clear();
-        self.metrics.tick_writes_whole.inc_by(whole);
-        self.metrics.tick_writes_partial.inc_by(partial);
+        if !scratch.cut_off.is_empty() {
+            let mut reg = self.registry.lock();
+            for (id, undelivered) in scratch.cut_off.drain(..) {
+                self.cut_off_slow(&mut reg, id, undelivered);
+            }
+        }
+        self.metrics.tick_writes_whole.inc_by(pass.whole);
+        self.metrics.tick_writes_partial.inc_by(pass.partial);
     }
 
     /// Counts a keep-alive tick in every mailbox (see `hub::clock`); the
@@ -405,7 +524,10 @@ impl Fanout {
             .map(|s| ClientSnapshot {
                 info: s.info.clone(),
                 topics: s.filter.listed().map(String::from).collect(),
-                queue_size: s.mailbox.queue_size(),
+                queue_size: s.mailbox.queue_size()
+                    + reg
+                        .lane_for(&s.filter)
+                        .map_or(0, |lane| s.mailbox.own(&lane.pending().lock()).len()),
             })
             .collect()
     }
@@ -436,41 +558,119 @@ impl Fanout {
     }
 }
 
+/// One pass of the write tick through its subscribers.
+struct Pass {
+    started: Instant,
+    /// Past it, the tick writes no more: it wakes the rest.
+    budget: Duration,
+    late: bool,
+    visited: u64,
+    whole: u64,
+    partial: u64,
+}
+
+impl Pass {
+    fn new(budget: Duration) -> Self {
+        Pass {
+            started: Instant::now(),
+            budget,
+            late: false,
+            visited: 0,
+            whole: 0,
+            partial: 0,
+        }
+    }
+
+    /// Writes for the subscriber of `mailbox` through its outlet, with
+    /// `write`, unless it has none or the pass is late; wakes it for what
+    /// the socket did not take.
+    fn write(&mut self, mailbox: &Mailbox, write: impl FnOnce(&dyn Outlet) -> Wrote) -> Wrote {
+        // The clock read every few subscribers: a write costs far more.
+        if self.visited % 16 == 15 && !self.late {
+            self.late = self.started.elapsed() >= self.budget;
+        }
+        self.visited += 1;
+        let wrote = match mailbox.outlet() {
+            Some(outlet) if !self.late => write(&**outlet),
+            _ => Wrote::Nothing,
+        };
+        match wrote {
+            Wrote::Nothing => {}
+            Wrote::All => self.whole += 1,
+            Wrote::Part => {
+                self.partial += 1;
+                mailbox.flush();
+            }
+        }
+        wrote
+    }
+}
+
 impl Registry {
+    /// Indexes a subscriber by its topics: the reader of its topic's lane
+    /// if it has only that one, a recipient of each if it has several
+    /// exact ones, else among the wildcard subscribers.
     fn index(&mut self, id: u64, mailbox: &Arc<Mailbox>, filter: &Arc<TopicFilter>) {
         let recipient = || Recipient {
             id,
             mailbox: mailbox.clone(),
         };
         self.topicless += usize::from(filter.is_empty());
-        match filter.exact_topics() {
-            Some(topics) => {
-                for topic in topics {
-                    self.by_topic
-                        .entry(topic.into())
-                        .or_default()
-                        .push(recipient());
-                }
+        let Some(topics) = filter.exact_topics() else {
+            self.wildcard.push((recipient(), filter.clone()));
+            return;
+        };
+        let sole = filter
+            .exact_topics()
+            .is_some_and(|mut t| t.nth(1).is_none());
+        for name in topics {
+            let topic = self
+                .by_topic
+                .entry(name.into())
+                .or_insert_with_key(|name| Topic {
+                    name: name.clone(),
+                    recipients: Vec::new(),
+                    lane: Lane::default(),
+                });
+            if sole {
+                mailbox.read_lane_after(self.head);
+                topic.lane.add_reader(Reader {
+                    id,
+                    mailbox: mailbox.clone(),
+                });
+            } else {
+                topic.recipients.push(recipient());
             }
-            None => self.wildcard.push((recipient(), filter.clone())),
         }
     }
 
     fn unindex(&mut self, id: u64, filter: &TopicFilter) {
         self.topicless -= usize::from(filter.is_empty());
-        match filter.exact_topics() {
-            Some(topics) => {
-                for topic in topics {
-                    if let Some(recipients) = self.by_topic.get_mut(topic) {
-                        recipients.retain(|other| other.id != id);
-                        if recipients.is_empty() {
-                            self.by_topic.remove(topic);
-                        }
-                    }
-                }
+        let Some(topics) = filter.exact_topics() else {
+            self.wildcard.retain(|(other, _)| other.id != id);
+            return;
+        };
+        for name in topics {
+            let Some(topic) = self.by_topic.get_mut(name) else {
+                continue;
+            };
+            if topic.lane.remove_reader(id).is_none() {
+                topic.recipients.retain(|other| other.id != id);
             }
-            None => self.wildcard.retain(|(other, _)| other.id != id),
+            if topic.recipients.is_empty() && topic.lane.readers().is_empty() {
+                self.by_topic.remove(name);
+            }
         }
+    }
+
+    /// The lane that a subscriber with `filter` reads, if it reads one:
+    /// that of its topic, if it has only one.
+    fn lane_for(&self, filter: &TopicFilter) -> Option<&Lane> {
+        let mut topics = filter.exact_topics()?;
+        let (topic, None) = (topics.next()?, topics.next()) else {
+            return None;
+        };
+        Some(&self.by_topic.get(topic)?.lane)
     }
 
     fn remove(&mut self, id: u64) -> Option<Subscriber> {
@@ -483,13 +683,12 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::task::{Context, Waker};
+    use std::task::{Context, Poll, Waker};
 
     use futures_util::task::noop_waker_ref;
 
     use super::*;
-    use crate::hub::mailbox::Wakes;
-    use crate::hub::outlet::Outlet;
+    use crate::hub::mailbox::{Taken, Wakes};
 
     /// Takes the batch like a connection's outlet, and takes `cost` to
     /// write it.
@@ -503,13 +702,13 @@ mod tests {
             &self,
             mailbox: &Mailbox,
             tick: u64,
-            batch: &mut Vec<Queued>,
+            mut source: Source<'_>,
             _: &mut LastChunk,
         ) -> Wrote {
-            if !mailbox.take_waiting(tick, batch) {
+            if source.take(mailbox, tick).is_none() {
                 return Wrote::Nothing;
             }
-            batch.clear();
+            source.done();
             std::thread::sleep(self.cost);
             self.writes.fetch_add(1, Ordering::SeqCst);
             Wrote::All
@@ -567,6 +766,174 @@ mod tests {
             })
             .count();
         (writes, woken)
+    }
+
+    /// Notes the events it writes, and runs `during` at its first write:
+    /// what happens while the tick writes.
+    #[derive(Default)]
+    struct Noted {
+        written: parking_lot::Mutex<Vec<u64>>,
+        during: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Outlet for Noted {
+        fn write_through(
+            &self,
+            mailbox: &Mailbox,
+            tick: u64,
+            mut source: Source<'_>,
+            _: &mut LastChunk,
+        ) -> Wrote {
+            let Some(batch) = source.take(mailbox, tick) else {
+                return Wrote::Nothing;
+            };
+            let seqs = batch.iter().map(|q| q.event.id.seq);
+            self.written.lock().extend(seqs);
+            source.done();
+            if let Some(during) = self.during.lock().take() {
+                during();
+            }
+            Wrote::All
+        }
+    }
+
+    /// A subscriber of `topics` whose task waits on its mailbox and whose
+    /// socket is a [`Noted`].
+    fn noted(fanout: &Fanout, topics: &[&str], buffer: usize) -> (Registration, Arc<Noted>) {
+        let filter = Arc::new(TopicFilter::parse(topics.iter().copied(), 10).unwrap());
+        let registration = fanout.register(
+            filter,
+            ClientInfo::sample(),
+            buffer,
+            CancellationToken::new(),
+        );
+        let outlet = Arc::new(Noted::default());
+        registration.mailbox.set_outlet(outlet.clone());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(
+            registration
+                .mailbox
+                .poll_take(&mut cx, &mut Vec::new())
+                .is_pending()
+        );
+        (registration, outlet)
+    }
+
+    /// What the subscriber's task takes from its mailbox, and waits again.
+    fn taken(mailbox: &Mailbox) -> Vec<u64> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut batch = Vec::new();
+        let mut seqs = Vec::new();
+        while let Poll::Ready(Taken::Events) = mailbox.poll_take(&mut cx, &mut batch) {
+            seqs.extend(batch.drain(..).map(|q| q.event.id.seq));
+        }
+        seqs
+    }
+
+    #[test]
+    fn a_lane_gives_each_reader_every_event_once_and_in_order() {
+        let fanout = Arc::new(Fanout::new(
+            EventId::ZERO,
+            Arc::new(Metrics::new("memory")),
+            Duration::from_secs(10),
+        ));
+        let readers: Vec<_> = (0..20).map(|_| noted(&fanout, &["t"], 100)).collect();
+        fanout.dispatch(&[Event::sample(1)]);
+        for (reader, _) in &readers {
+            assert_eq!(
+                taken(&reader.mailbox),
+                [1],
+                "the tick's first event at once"
+            );
+        }
+        fanout.dispatch(&[Event::sample(2), Event::sample(3)]);
+        // One that comes in the middle of the tick: the lane's events so
+        // far are not its own.
+        let (late, late_outlet) = noted(&fanout, &["t"], 100);
+        fanout.dispatch(&[Event::sample(4)]);
+        // An event that comes while the tick writes: the readers the tick
+        // has not come to yet get it in this pass, the others in the next.
+        let during = fanout.clone();
+        *readers[0].1.during.lock() = Some(Box::new(move || {
+            during.dispatch(&[Event::sample(5)]);
+        }));
+        fanout.tick(&mut TickScratch::default());
+        let written = |outlet: &Noted| outlet.written.lock().clone();
+        assert_eq!(written(&readers[0].1), [2, 3, 4]);
+        assert_eq!(written(&readers[19].1), [2, 3, 4, 5], "caught up");
+        assert_eq!(written(&late_outlet), [4, 5]);
+        fanout.tick(&mut TickScratch::default());
+        for (reader, outlet) in &readers {
+            assert_eq!(written(outlet), [2, 3, 4, 5], "once each");
+            assert_eq!(taken(&reader.mailbox), [0; 0], "none left for the task");
+        }
+        assert_eq!(written(&late_outlet), [4, 5]);
+        drop(late);
+    }
+
+    #[test]
+    fn a_reader_leaving_its_lane_keeps_what_came_while_it_read_it() {
+        let fanout = Fanout::new(
+            EventId::ZERO,
+            Arc::new(Metrics::new("memory")),
+            Duration::from_secs(10),
+        );
+        let (leaving, leaving_outlet) = noted(&fanout, &["t"], 100);
+        let (staying, staying_outlet) = noted(&fanout, &["t"], 100);
+        fanout.dispatch(&[Event::sample(1)]);
+        assert_eq!(taken(&leaving.mailbox), [1]);
+        assert_eq!(taken(&staying.mailbox), [1]);
+        fanout.dispatch(&[Event::sample(2)]);
+        let filter = Arc::new(TopicFilter::parse(["u", "t"], 10).unwrap());
+        fanout.set_filter(leaving.id, filter);
+        assert_eq!(taken(&leaving.mailbox), [2], "handed to its mailbox");
+        fanout.dispatch(&[Event::sample(3)]);
+        fanout.tick(&mut TickScratch::default());
+        assert_eq!(staying_outlet.written.lock().clone(), [2, 3]);
+        assert_eq!(
+            [
+                taken(&leaving.mailbox),
+                leaving_outlet.written.lock().clone()
+            ]
+            .concat(),
+            [3],
+            "now one of the topic's recipients, which the tick wakes"
+        );
+    }
+
+    #[test]
+    fn a_lane_the_tick_is_late_for_goes_to_the_mailboxes() {
+        let fanout = Fanout::new(
+            EventId::ZERO,
+            Arc::new(Metrics::new("memory")),
+            Duration::from_secs(10),
+        );
+        let (waiting, _) = noted(&fanout, &["t"], 3);
+        let (busy, _) = noted(&fanout, &["t"], 3);
+        fanout.dispatch(&[Event::sample(1)]);
+        assert_eq!(taken(&waiting.mailbox), [1]);
+        // The busy one took its event and is still writing it.
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(busy.mailbox.poll_take(&mut cx, &mut Vec::new()).is_ready());
+        let events: Vec<_> = (2..=4).map(Event::sample).collect();
+        fanout.dispatch(&events);
+        assert_eq!(fanout.subscriber_count(), 2, "3 events fit a mailbox of 3");
+        let events: Vec<_> = (5..=7).map(Event::sample).collect();
+        fanout.dispatch(&events);
+        assert_eq!(
+            fanout.slow_disconnects(),
+            1,
+            "the busy one holds 6: cut off"
+        );
+        assert_eq!(
+            busy.mailbox.poll_take(&mut cx, &mut Vec::new()),
+            Poll::Ready(Taken::Events)
+        );
+        assert_eq!(
+            taken(&waiting.mailbox),
+            [2, 3, 4, 5, 6, 7],
+            "it waits: the hub is late"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 
 use super::clock::KEEPALIVE_TICKS;
 use super::outlet::Outlet;
-use crate::event::Event;
+use crate::event::{Event, EventId};
 
 /// An event on its way to a subscriber. A live one carries when the fan-out
 /// queued it (one `Instant` per dispatch, copied into each entry: no
@@ -38,6 +38,16 @@ use crate::event::Event;
 pub struct Queued {
     pub event: Arc<Event>,
     pub dispatched: Option<Instant>,
+}
+
+impl Queued {
+    /// The same event, queued once more: for one more subscriber.
+    pub fn again(&self) -> Queued {
+        Queued {
+            event: self.event.clone(),
+            dispatched: self.dispatched,
+        }
+    }
 }
 
 /// What became of a pushed event.
@@ -92,9 +102,36 @@ struct State {
     waiting: bool,
     /// The write tick left part of a write in the outlet for the task.
     flush: bool,
+    /// The last event of its topic's lane it was given (see `hub::lane`),
+    /// or the head when it began to read the lane: the lane's events up to
+    /// this one are not for it.
+    lane_given: EventId,
 }
 
 impl State {
+    /// Whether the write tick may write for the subscriber in tick `tick`
+    /// (the one that starts): its task waits, with nothing under way. If
+    /// so, notes the tick as [`Mailbox::wake_deferred`] does.
+    fn claim(&mut self, tick: u64) -> bool {
+        if !self.waiting || self.flush || self.ended.is_some() {
+            return false;
+        }
+        self.quiet = 0;
+        self.deferred = false;
+        self.woken_in = tick + 1;
+        true
+    }
+
+    /// Its own among `events` of its lane.
+    fn own<'e>(&self, events: &'e [Queued]) -> &'e [Queued] {
+        let given = self.lane_given;
+        match events.first() {
+            // Nearly always: it has been given everything before these.
+            Some(first) if first.event.id > given => events,
+            _ => &events[events.partition_point(|q| q.event.id <= given)..],
+        }
+    }
+
     /// What [`Mailbox::poll_take`] hands over, if anything.
     fn take(&mut self, batch: &mut Vec<Queued>) -> Option<Taken> {
         if self.ended == Some(Ending::Shutdown) {
@@ -167,14 +204,63 @@ impl Mailbox {
     pub fn take_waiting(&self, tick: u64, batch: &mut Vec<Queued>) -> bool {
         debug_assert!(batch.is_empty());
         let mut state = self.state.lock();
-        if !state.waiting || state.flush || state.ended.is_some() || state.events.is_empty() {
+        if state.events.is_empty() || !state.claim(tick) {
             return false;
         }
-        state.quiet = 0;
-        state.deferred = false;
-        state.woken_in = tick + 1;
         std::mem::swap(&mut state.events, batch);
         true
+    }
+
+    /// The subscriber begins to read its topic's lane, whose events up to
+    /// `head` are not its own.
+    pub fn read_lane_after(&self, head: EventId) {
+        self.state.lock().lane_given = head;
+    }
+
+    /// Its own among `events` of its lane, in id order: those it was not
+    /// given yet.
+    pub fn own<'e>(&self, events: &'e [Queued]) -> &'e [Queued] {
+        self.state.lock().own(events)
+    }
+
+    /// For the write tick, in tick `tick`: its own among `events` of its
+    /// lane (see `hub::lane`), if the tick may write them itself, as
+    /// [`Mailbox::take_waiting`] would take a batch: the task waits, and
+    /// nothing queued here must go before them. They count as given.
+    pub fn claim_waiting<'e>(&self, tick: u64, events: &'e [Queued]) -> Option<&'e [Queued]> {
+        let mut state = self.state.lock();
+        let own = state.own(events);
+        if own.is_empty() || !state.events.is_empty() || !state.claim(tick) {
+            return None;
+        }
+        state.lane_given = own[own.len() - 1].event.id;
+        Some(own)
+    }
+
+    /// Queues its own among `events` of its lane at once, and wakes the
+    /// subscriber for them, in tick `tick` (the one that starts): those
+    /// the tick could not write itself. Full, with nothing queued, if they
+    /// do not fit (the rule of [`Mailbox::push`]).
+    pub fn hand(&self, events: &[Queued], tick: u64) -> Pushed {
+        let mut state = self.state.lock();
+        let events = state.own(events);
+        if state.ended.is_some() || events.is_empty() {
+            return Pushed::Queued;
+        }
+        state.lane_given = events[events.len() - 1].event.id;
+        let queued = state.events.len() + events.len();
+        if queued > self.capacity && (!state.waiting || queued > LATE_ROOM * self.capacity) {
+            return Pushed::Full;
+        }
+        state.events.extend(events.iter().map(Queued::again));
+        state.deferred = false;
+        state.woken_in = tick + 1;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Pushed::Queued
     }
 
     /// Wakes the subscriber to write what the write tick left in its
@@ -381,6 +467,44 @@ mod tests {
             assert_eq!(mailbox.push(queued(seq), None), Pushed::Queued);
         }
         assert_eq!(mailbox.push(queued(3), None), Pushed::Full);
+    }
+
+    #[test]
+    fn a_lane_reader_is_given_each_event_of_its_lane_once() {
+        let mailbox = Mailbox::new(10);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut batch = Vec::new();
+        let seqs = |events: &[Queued]| events.iter().map(|q| q.event.id.seq).collect::<Vec<_>>();
+        mailbox.read_lane_after(EventId { ms: 1, seq: 1 });
+        let lane: Vec<Queued> = (1..=4).map(queued).collect();
+        assert!(
+            mailbox.claim_waiting(1, &lane).is_none(),
+            "its task never waited"
+        );
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        let own = mailbox.claim_waiting(1, &lane).expect("it waits");
+        assert_eq!(seqs(own), [2, 3, 4], "after the head it began at");
+        assert!(mailbox.claim_waiting(2, &lane).is_none(), "all given");
+        assert_eq!(mailbox.own(&lane).len(), 0);
+
+        let lane: Vec<Queued> = (3..=6).map(queued).collect();
+        assert_eq!(mailbox.hand(&lane, 2), Pushed::Queued);
+        assert_eq!(
+            mailbox.poll_take(&mut cx, &mut batch),
+            Poll::Ready(Taken::Events)
+        );
+        assert_eq!(seqs(&batch), [5, 6], "handed: those not given yet");
+        batch.clear();
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+        mailbox.push(queued(7), None);
+        let lane = [queued(8)];
+        assert!(
+            mailbox.claim_waiting(3, &lane).is_none(),
+            "what its mailbox holds goes first"
+        );
+        assert_eq!(mailbox.hand(&lane, 3), Pushed::Queued);
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
+        assert_eq!(seqs(&batch), [7, 8]);
     }
 
     #[test]

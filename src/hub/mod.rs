@@ -16,6 +16,7 @@ mod clock;
 pub mod fanout;
 mod feed;
 mod history;
+mod lane;
 mod mailbox;
 pub mod outlet;
 pub mod presence;

@@ -31,17 +31,44 @@ use crate::event::Event;
 
 /// A subscriber's socket, as the write tick may write to it.
 pub trait Outlet: Send + Sync {
-    /// Takes the subscriber's batch from `mailbox` if its task waits for
-    /// it ([`Mailbox::take_waiting`], with `tick`, into `batch`, which is
-    /// empty and left empty), and writes it, with no write of the task's
+    /// Takes the subscriber's batch from `source` if its task waits for it
+    /// (see [`Source::take`]), and writes it, with no write of the task's
     /// own in between.
     fn write_through(
         &self,
         mailbox: &Mailbox,
         tick: u64,
-        batch: &mut Vec<Queued>,
+        source: Source<'_>,
         last: &mut LastChunk,
     ) -> Wrote;
+}
+
+/// Where the tick finds a subscriber's batch.
+pub enum Source<'a> {
+    /// In its mailbox: taken into this vector, empty, and left empty.
+    Mailbox(&'a mut Vec<Queued>),
+    /// In its topic's lane (see `hub::lane`): its own among these events,
+    /// shared with the lane's other readers.
+    Lane(&'a [Queued]),
+}
+
+impl Source<'_> {
+    /// The batch, if the subscriber's task waits for it, in tick `tick`
+    /// ([`Mailbox::take_waiting`], [`Mailbox::claim_waiting`]). Then the
+    /// write tick writes it, and the task is not woken.
+    pub fn take(&mut self, mailbox: &Mailbox, tick: u64) -> Option<&[Queued]> {
+        match self {
+            Source::Mailbox(batch) => mailbox.take_waiting(tick, batch).then_some(&batch[..]),
+            Source::Lane(events) => mailbox.claim_waiting(tick, events),
+        }
+    }
+
+    /// Lets go of the batch written.
+    pub fn done(self) {
+        if let Source::Mailbox(batch) = self {
+            batch.clear();
+        }
+    }
 }
 
 /// What the tick did with a subscriber's batch.

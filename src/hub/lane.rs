@@ -1,0 +1,162 @@
+//! A topic's lane: the events that wait for the `write_delay` tick, kept
+//! once for every subscriber whose only topic it is.
+//!
+//! Why: a busy topic's subscribers all get the same events. Pushing each
+//! event into each subscriber's mailbox costs a lock, a reference count
+//! and a cache line per subscriber per event, on the publishing path
+//! (session 11's profile put it at 11% of the hub's CPU). A lane takes the
+//! event once instead; the tick then writes the lane's batch, made into
+//! one chunk per encoding, to each reader that waits (`hub::outlet`), and
+//! hands it to the mailbox of each reader that does not. Only the first
+//! event of a tick still goes to every reader's mailbox at once, so that a
+//! quiet stream's events are not delayed (see `fanout`'s write
+//! coalescing).
+//!
+//! A pass of the tick through a thousand readers takes milliseconds, and
+//! events keep coming meanwhile. The tick takes those too as it goes
+//! ([`catch_up`]), as it would find them in each reader's mailbox; each
+//! reader's mailbox notes the last event of the lane it was given, so
+//! that the next tick skips them for it.
+//!
+//! A subscriber with several topics, or a wildcard, gets each event in its
+//! mailbox as before: its batch is its own mix of topics, in id order.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::mailbox::{Mailbox, Queued};
+
+/// A subscriber that reads a lane.
+#[derive(Clone)]
+pub struct Reader {
+    pub id: u64,
+    pub mailbox: Arc<Mailbox>,
+}
+
+/// The events of a lane that wait for the tick: the fan-out adds to them
+/// under the registry's lock, the tick reads them while it writes.
+pub type Pending = Arc<Mutex<Vec<Queued>>>;
+
+/// One topic's lane. The fan-out's registry owns it, under its lock.
+#[derive(Default)]
+pub struct Lane {
+    /// Shared with the tick, which goes through them without the
+    /// registry's lock; copied when they change while the tick holds them.
+    readers: Arc<Vec<Reader>>,
+    pending: Pending,
+    /// The tick (plus one) in which the readers were last woken, or written
+    /// to, for this lane.
+    woken_in: u64,
+    /// The lane is on the tick's list.
+    due: bool,
+}
+
+/// Where an event of the lane goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To every reader's mailbox, which wakes it: the lane's first event
+    /// of the tick, or any event without a tick.
+    EachMailbox,
+    /// Into the lane, which must now be put on the tick's list.
+    Due,
+    /// Into the lane, already on the tick's list.
+    Pending,
+    /// Into the lane, which now holds as many events as a subscriber may
+    /// wait for (the tick is that late): hand them to the readers'
+    /// mailboxes now ([`Lane::spill`]), where their bounds apply.
+    Spill,
+}
+
+/// What a due lane gives the tick.
+pub struct Due {
+    /// The events that waited for the tick.
+    pub events: Vec<Queued>,
+    pub readers: Arc<Vec<Reader>>,
+    /// Where the events that come during the tick's pass wait.
+    pub pending: Pending,
+}
+
+impl Lane {
+    pub fn readers(&self) -> &[Reader] {
+        &self.readers
+    }
+
+    /// A new reader, whose mailbox knows from which event the lane's
+    /// events are its own ([`Mailbox::read_lane_after`]).
+    pub fn add_reader(&mut self, reader: Reader) {
+        Arc::make_mut(&mut self.readers).push(reader);
+    }
+
+    pub fn remove_reader(&mut self, id: u64) -> Option<Reader> {
+        let readers = Arc::make_mut(&mut self.readers);
+        let at = readers.iter().position(|reader| reader.id == id)?;
+        Some(readers.swap_remove(at))
+    }
+
+    /// The events waiting for the tick.
+    pub fn pending(&self) -> &Mutex<Vec<Queued>> {
+        &self.pending
+    }
+
+    /// Routes an event of tick `tick` (`None`: no tick), and keeps it if
+    /// the route says so; `None` if the lane has no readers. A lane holds
+    /// at most what its readers' mailboxes may (they share the hub's
+    /// `subscriber_buffer`).
+    pub fn route(&mut self, queued: &Queued, tick: Option<u64>) -> Option<Route> {
+        let room = self.readers.first()?.mailbox.capacity();
+        let Some(tick) = tick.map(|tick| tick + 1) else {
+            return Some(Route::EachMailbox);
+        };
+        let route = if self.due {
+            Route::Pending
+        } else if self.woken_in == tick {
+            self.due = true;
+            Route::Due
+        } else {
+            self.woken_in = tick;
+            return Some(Route::EachMailbox);
+        };
+        let mut pending = self.pending.lock();
+        pending.push(queued.again());
+        if pending.len() >= room {
+            return Some(Route::Spill);
+        }
+        Some(route)
+    }
+
+    /// Empties the lane into `into` for [`Route::Spill`], and gives its
+    /// readers. It stays on the tick's list.
+    pub fn spill(&mut self, into: &mut Vec<Queued>) -> &[Reader] {
+        std::mem::swap(&mut *self.pending.lock(), into);
+        &self.readers
+    }
+
+    /// For tick `tick`, which starts, if the lane is on its list: its
+    /// events, swapped with `into` (empty). Events that come from now on
+    /// are for the next tick, which the lane is then on the list of.
+    pub fn take_due(&mut self, tick: u64, mut into: Vec<Queued>) -> Result<Due, Vec<Queued>> {
+        if !std::mem::take(&mut self.due) {
+            return Err(into);
+        }
+        self.woken_in = tick + 1;
+        std::mem::swap(&mut *self.pending.lock(), &mut into);
+        Ok(Due {
+            events: into,
+            readers: self.readers.clone(),
+            pending: self.pending.clone(),
+        })
+    }
+}
+
+/// Adds to `events` those of `pending` that came after them: the tick,
+/// part way through a lane's readers, takes the events published since it
+/// began, for the readers it has not come to yet.
+pub fn catch_up(events: &mut Vec<Queued>, pending: &Mutex<Vec<Queued>>) {
+    let pending = pending.lock();
+    let after = match events.last() {
+        Some(last) => pending.partition_point(|q| q.event.id <= last.event.id),
+        None => 0,
+    };
+    events.extend(pending[after..].iter().map(Queued::again));
+}
