@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::lane::{self, Due, Lane, Reader, Route};
+use super::lane::{self, Due, Lane, Recipient, Route};
 pub use super::mailbox::Queued;
 use super::mailbox::{Ending, Mailbox, Pushed};
 use super::outlet::{LastChunk, Outlet, Source, Wrote};
@@ -111,13 +111,6 @@ struct Subscriber {
     info: Arc<ClientInfo>,
     /// Cancelled to close the subscriber's connection when it is cut off.
     on_cut_off: CancellationToken,
-}
-
-/// A subscriber as the topic index holds it: what dispatch needs, without
-/// a lookup by id per recipient.
-struct Recipient {
-    id: u64,
-    mailbox: Arc<Mailbox>,
 }
 
 /// The subscribers of one topic by name.
@@ -634,10 +627,7 @@ impl Registry {
                 });
             if sole {
                 mailbox.read_lane_after(self.head);
-                topic.lane.add_reader(Reader {
-                    id,
-                    mailbox: mailbox.clone(),
-                });
+                topic.lane.add_reader(recipient());
             } else {
                 topic.recipients.push(recipient());
             }

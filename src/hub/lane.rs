@@ -27,9 +27,10 @@ use parking_lot::Mutex;
 
 use super::mailbox::{Mailbox, Queued};
 
-/// A subscriber that reads a lane.
+/// A subscriber as the fan-out's index holds it, in a lane or elsewhere:
+/// what dispatch and the tick need, without a lookup by id.
 #[derive(Clone)]
-pub struct Reader {
+pub struct Recipient {
     pub id: u64,
     pub mailbox: Arc<Mailbox>,
 }
@@ -43,7 +44,7 @@ pub type Pending = Arc<Mutex<Vec<Queued>>>;
 pub struct Lane {
     /// Shared with the tick, which goes through them without the
     /// registry's lock; copied when they change while the tick holds them.
-    readers: Arc<Vec<Reader>>,
+    readers: Arc<Vec<Recipient>>,
     pending: Pending,
     /// The tick (plus one) in which the readers were last woken, or written
     /// to, for this lane.
@@ -72,23 +73,23 @@ pub enum Route {
 pub struct Due {
     /// The events that waited for the tick.
     pub events: Vec<Queued>,
-    pub readers: Arc<Vec<Reader>>,
+    pub readers: Arc<Vec<Recipient>>,
     /// Where the events that come during the tick's pass wait.
     pub pending: Pending,
 }
 
 impl Lane {
-    pub fn readers(&self) -> &[Reader] {
+    pub fn readers(&self) -> &[Recipient] {
         &self.readers
     }
 
     /// A new reader, whose mailbox knows from which event the lane's
     /// events are its own ([`Mailbox::read_lane_after`]).
-    pub fn add_reader(&mut self, reader: Reader) {
+    pub fn add_reader(&mut self, reader: Recipient) {
         Arc::make_mut(&mut self.readers).push(reader);
     }
 
-    pub fn remove_reader(&mut self, id: u64) -> Option<Reader> {
+    pub fn remove_reader(&mut self, id: u64) -> Option<Recipient> {
         let readers = Arc::make_mut(&mut self.readers);
         let at = readers.iter().position(|reader| reader.id == id)?;
         Some(readers.swap_remove(at))
@@ -127,7 +128,7 @@ impl Lane {
 
     /// Empties the lane into `into` for [`Route::Spill`], and gives its
     /// readers. It stays on the tick's list.
-    pub fn spill(&mut self, into: &mut Vec<Queued>) -> &[Reader] {
+    pub fn spill(&mut self, into: &mut Vec<Queued>) -> &[Recipient] {
         std::mem::swap(&mut *self.pending.lock(), into);
         &self.readers
     }
