@@ -680,41 +680,16 @@ mod tests {
     use super::*;
     use crate::hub::mailbox::{Taken, Wakes};
 
-    /// Takes the batch like a connection's outlet, and takes `cost` to
-    /// write it.
-    struct Slow {
-        cost: Duration,
-        writes: AtomicUsize,
-    }
-
-    impl Outlet for Slow {
-        fn write_through(
-            &self,
-            mailbox: &Mailbox,
-            tick: u64,
-            mut source: Source<'_>,
-            _: &mut LastChunk,
-        ) -> Wrote {
-            if source.take(mailbox, tick).is_none() {
-                return Wrote::Nothing;
-            }
-            source.done();
-            std::thread::sleep(self.cost);
-            self.writes.fetch_add(1, Ordering::SeqCst);
-            Wrote::All
-        }
-    }
-
     /// 40 subscribers of one topic, each waiting on its mailbox, whose
     /// writes take `cost` each; two events in one tick, so that the second
     /// waits for the next. Returns the writes of that tick, and the tasks
     /// woken by it.
     fn one_tick(write_delay: Duration, cost: Duration) -> (usize, usize) {
-        let fanout = Fanout::new(EventId::ZERO, Arc::new(Metrics::new("memory")), write_delay);
+        let fanout = ticking(write_delay);
         let filter = Arc::new(TopicFilter::parse(["t"], 10).unwrap());
-        let outlet = Arc::new(Slow {
+        let outlet = Arc::new(Noted {
             cost,
-            writes: AtomicUsize::new(0),
+            ..Noted::default()
         });
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
@@ -758,10 +733,18 @@ mod tests {
         (writes, woken)
     }
 
-    /// Notes the events it writes, and runs `during` at its first write:
-    /// what happens while the tick writes.
+    /// A fan-out whose ticks the test calls.
+    fn ticking(write_delay: Duration) -> Fanout {
+        Fanout::new(EventId::ZERO, Arc::new(Metrics::new("memory")), write_delay)
+    }
+
+    /// Takes the batch like a connection's outlet, takes `cost` to write
+    /// it, counts its writes and notes the events written, and runs
+    /// `during` at its first write: what happens while the tick writes.
     #[derive(Default)]
     struct Noted {
+        cost: Duration,
+        writes: AtomicUsize,
         written: parking_lot::Mutex<Vec<u64>>,
         during: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     }
@@ -780,6 +763,8 @@ mod tests {
             let seqs = batch.iter().map(|q| q.event.id.seq);
             self.written.lock().extend(seqs);
             source.done();
+            std::thread::sleep(self.cost);
+            self.writes.fetch_add(1, Ordering::SeqCst);
             if let Some(during) = self.during.lock().take() {
                 during();
             }
@@ -822,11 +807,7 @@ mod tests {
 
     #[test]
     fn a_lane_gives_each_reader_every_event_once_and_in_order() {
-        let fanout = Arc::new(Fanout::new(
-            EventId::ZERO,
-            Arc::new(Metrics::new("memory")),
-            Duration::from_secs(10),
-        ));
+        let fanout = Arc::new(ticking(Duration::from_secs(10)));
         let readers: Vec<_> = (0..20).map(|_| noted(&fanout, &["t"], 100)).collect();
         fanout.dispatch(&[Event::sample(1)]);
         for (reader, _) in &readers {
@@ -863,11 +844,7 @@ mod tests {
 
     #[test]
     fn a_reader_leaving_its_lane_keeps_what_came_while_it_read_it() {
-        let fanout = Fanout::new(
-            EventId::ZERO,
-            Arc::new(Metrics::new("memory")),
-            Duration::from_secs(10),
-        );
+        let fanout = ticking(Duration::from_secs(10));
         let (leaving, leaving_outlet) = noted(&fanout, &["t"], 100);
         let (staying, staying_outlet) = noted(&fanout, &["t"], 100);
         fanout.dispatch(&[Event::sample(1)]);
@@ -893,11 +870,7 @@ mod tests {
 
     #[test]
     fn a_lane_the_tick_is_late_for_goes_to_the_mailboxes() {
-        let fanout = Fanout::new(
-            EventId::ZERO,
-            Arc::new(Metrics::new("memory")),
-            Duration::from_secs(10),
-        );
+        let fanout = ticking(Duration::from_secs(10));
         let (waiting, _) = noted(&fanout, &["t"], 3);
         let (busy, _) = noted(&fanout, &["t"], 3);
         fanout.dispatch(&[Event::sample(1)]);

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::clock::KEEPALIVE_TICKS;
 use super::outlet::Outlet;
@@ -247,19 +247,13 @@ impl Mailbox {
         if state.ended.is_some() || events.is_empty() {
             return Pushed::Queued;
         }
-        state.lane_given = events[events.len() - 1].event.id;
         let queued = state.events.len() + events.len();
         if queued > self.capacity && (!state.waiting || queued > LATE_ROOM * self.capacity) {
             return Pushed::Full;
         }
+        state.lane_given = events[events.len() - 1].event.id;
         state.events.extend(events.iter().map(Queued::again));
-        state.deferred = false;
-        state.woken_in = tick + 1;
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_in(state, tick);
         Pushed::Queued
     }
 
@@ -314,14 +308,7 @@ impl Mailbox {
     /// Wakes the subscriber for the events that waited for the end of a
     /// tick; `tick` is the one that starts.
     pub fn wake_deferred(&self, tick: u64) {
-        let mut state = self.state.lock();
-        state.deferred = false;
-        state.woken_in = tick + 1;
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_in(self.state.lock(), tick);
     }
 
     /// Ends the mailbox (the first ending stays): after a cut-off the
@@ -392,6 +379,18 @@ impl Mailbox {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+/// Wakes the subscriber in tick `tick` (the one that starts), for events
+/// that waited for it: later ones of the tick wait for the next.
+fn wake_in(mut state: MutexGuard<'_, State>, tick: u64) {
+    state.deferred = false;
+    state.woken_in = tick + 1;
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
