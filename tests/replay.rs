@@ -157,3 +157,61 @@ async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing
     assert_contiguous(&published, &received);
     assert!(received.len() >= RECONNECTS * 5);
 }
+
+/// A topic's subscribers share its lane (`hub/lane.rs`): the write tick
+/// writes a tick's events to each subscriber, takes the events that came
+/// during its pass every 16 subscribers, and a subscriber that joins in
+/// the middle of a tick starts after the head it joined at. A hundred
+/// subscribers of one topic, enough for the tick to take events on its
+/// way through them, while one more reconnects again and again with
+/// `Last-Event-ID`: the hundred must each get every event published, once
+/// and in order, and the one that reconnects a contiguous run of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_of_a_busy_topic_gets_each_event_once_while_another_rejoins() {
+    const READERS: usize = 100;
+    const RECONNECTS: usize = 15;
+    // Room enough that a subscriber slowed by a busy test machine is
+    // never cut off: this test is about what each one gets.
+    let hub = Arc::new(
+        Hub::start(&[
+            "--history-max-events",
+            "100000",
+            "--subscriber-buffer",
+            "100000",
+        ])
+        .await,
+    );
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut stream = sse(&hub.at("/stream?topics=lane"), None).await;
+        readers.push(tokio::spawn(async move {
+            let mut received = Vec::new();
+            loop {
+                let event = next_event(&mut stream, WAIT).await;
+                if event.data.contains("end") {
+                    return received;
+                }
+                received.push(event.id);
+            }
+        }));
+    }
+    let publisher = SteadyPublisher::start(hub.clone(), "lane");
+    let mut rejoined: Vec<String> = Vec::new();
+    let mut last: Option<String> = None;
+    for round in 0..RECONNECTS {
+        let mut stream = sse(&hub.at("/stream?topics=lane"), last.as_deref()).await;
+        for _ in 0..5 + (round * 7) % 40 {
+            let event = next_event(&mut stream, WAIT).await;
+            rejoined.push(event.id.clone());
+            last = Some(event.id);
+        }
+    }
+    let published = publisher.stop().await;
+    hub.publish("lane", json!({"end": true})).await;
+    for reader in readers {
+        let received = reader.await.expect("the reader ran");
+        assert_eq!(received.len(), published.len(), "every event, once");
+        assert_contiguous(&published, &received);
+    }
+    assert_contiguous(&published, &rejoined);
+}
