@@ -51,21 +51,13 @@ echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo 
   "$(free -h | awk '/^Mem:/ {print $2}') of memory, Linux $(uname -r)."
 echo
 python3 - "$INDEX" "$REPEAT" <<'PY'
-import json, statistics, sys
-from collections import OrderedDict
+import sys
+
+sys.path.insert(0, "bench")
+from medians import grouped, median
 
 index, repeat = sys.argv[1], sys.argv[2]
-runs = OrderedDict()
-for line in open(index):
-    delay, kind, path = line.rstrip("\n").split("\t")
-    runs.setdefault(delay, {}).setdefault(kind, []).append(json.load(open(path)))
-
-def median(reports, *path):
-    def value(report):
-        for key in path:
-            report = report[key]
-        return report
-    return statistics.median(value(r) for r in reports)
+runs = grouped(index)
 
 print(f"Medians of {repeat} runs.\n")
 print("| Write delay | Sluice µs/delivery | p99 ms | floor, one thread: µs/delivery | µs/write | p99 ms | floor, a task per socket: µs/delivery | µs/write | p99 ms | Sluice / thread floor | Sluice / tasks floor |")
@@ -73,14 +65,14 @@ print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for delay, kinds in runs.items():
     s = kinds["sluice"]
     assert all(r["delivery_ratio"] == 1.0 for rs in kinds.values() for r in rs), f"{delay}: events lost"
-    hub = median(s, "cpu", "hub_us_per_event")
-    row = f"| {delay} | {hub:.3f} | {median(s, 'latency', 'p99_us') / 1000:.1f} "
+    hub = median(s, "cpu.hub_us_per_event")
+    row = f"| {delay} | {hub:.3f} | {median(s, 'latency.p99_us') / 1000:.1f} "
     floors = []
     for writer in ["thread", "tasks"]:
         f = kinds[writer]
         floors.append(median(f, "writer_us_per_delivery"))
         row += (f"| {floors[-1]:.3f} | {median(f, 'writer_us_per_write'):.2f} "
-                f"| {median(f, 'latency', 'p99_us') / 1000:.1f} ")
+                f"| {median(f, 'latency.p99_us') / 1000:.1f} ")
     print(row + "".join(f"| {hub / floor:.2f}x " for floor in floors) + "|")
 PY
 echo "Raw results (JSON, one file per run): $WORK" >&2

@@ -210,37 +210,13 @@ echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo 
   "load average (1, 5, 15 min) $LOAD_BEFORE before, $LOAD_AFTER after."
 echo
 python3 - "$INDEX" "$REPEAT" <<'EOF'
-import json, statistics, sys
-from collections import OrderedDict
+import sys
+
+sys.path.insert(0, "bench")
+from medians import count, grouped, median, ms, spread, times
 
 index, repeat = sys.argv[1], sys.argv[2]
-runs = OrderedDict()
-for line in open(index):
-    scenario, hub, path = line.rstrip("\n").split("\t")
-    runs.setdefault(scenario, OrderedDict()).setdefault(hub, []).append(json.load(open(path)))
-
-def extract(report, field):
-    for key in field.split("."):
-        report = report[key]
-    return report
-
-def median(reports, field):
-    return statistics.median(extract(r, field) for r in reports)
-
-def spread(reports, field):
-    values = [extract(r, field) for r in reports]
-    mid = statistics.median(values)
-    return f"±{(max(values) - min(values)) / 2 / mid * 100:.0f}%" if mid else "–"
-
-def count(n):
-    return f"{round(n):,}"
-
-def ms(us):
-    ms = us / 1000
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
-
-def times(a, b):
-    return f"{a / b:.2f}x" if b else "–"
+runs = grouped(index)
 
 print(f"Medians of {repeat} runs; spread is half the range over the median.\n")
 print("### Fan-out\n")

@@ -99,45 +99,23 @@ echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo 
   "Linux $(uname -r), ulimit -n $(ulimit -n); hub and bench on the same machine."
 echo
 python3 - "$INDEX" "$REPEAT" <<'EOF'
-import json, statistics, sys
-from collections import OrderedDict
+import sys
+
+sys.path.insert(0, "bench")
+from medians import count, fixed, grouped, median, ms, spread
 
 index, repeat = sys.argv[1], sys.argv[2]
-runs = OrderedDict()
-for line in open(index):
-    storage, scenario, path = line.rstrip("\n").split("\t")
-    runs.setdefault((storage, scenario), []).append(json.load(open(path)))
-
-def median(reports, field):
-    values = [r for r in (extract(rep, field) for rep in reports) if r is not None]
-    return statistics.median(values) if values else None
-
-def extract(report, field):
-    for key in field.split("."):
-        report = report[key]
-    return report
-
-def spread(reports, field):
-    values = [extract(r, field) for r in reports]
-    low, high = min(values), max(values)
-    mid = statistics.median(values)
-    return f"±{(high - low) / 2 / mid * 100:.0f}%" if mid else "–"
-
-def count(n):
-    return f"{round(n):,}"
-
-def fixed(n, digits):
-    return "–" if n is None else f"{n:.{digits}f}"
-
-def ms(us):
-    ms = us / 1000
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+runs = [
+    ((storage, scenario), reports)
+    for storage, scenarios in grouped(index).items()
+    for scenario, reports in scenarios.items()
+]
 
 print(f"Medians of {repeat} runs; spread is half the range of events/s over the median.\n")
 print("### Publishing\n")
 print("| Storage | Publishing | events/s | spread | requests/s | p50 ms | p99 ms | hub CPU µs/event | hub cores | bench cores |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for (storage, scenario), reports in runs.items():
+for (storage, scenario), reports in runs:
     if reports[0]["scenario"] != "ingest":
         continue
     assert all(r["errors"] == 0 for r in reports), f"{storage}, {scenario}: errors"
@@ -151,7 +129,7 @@ for (storage, scenario), reports in runs.items():
 print("\n### Replay\n")
 print("| Storage | Replay from `earliest` | events/s | spread | MB/s | first event ms | hub CPU µs/event | hub cores | bench cores |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-for (storage, scenario), reports in runs.items():
+for (storage, scenario), reports in runs:
     if reports[0]["scenario"] != "replay":
         continue
     assert all(r["received"] == r["expected"] for r in reports), f"{storage}, {scenario}: lost events"
