@@ -26,7 +26,7 @@ ulimit -n "$(ulimit -Hn)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-floor-bench.XXXXXX")"
 INDEX="$WORK/index.tsv"
 : >"$INDEX"
-# BIN, start_sluice_with, stop_hub.
+# BIN, start_sluice_with, stop_hub, machine.
 source bench/hub.sh
 
 LOAD=(-n 1000 --rate 1000 --size 100 --duration "$DURATION")
@@ -47,8 +47,7 @@ for run in $(seq "$REPEAT"); do
   done
 done
 
-echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1))," \
-  "$(free -h | awk '/^Mem:/ {print $2}') of memory, Linux $(uname -r)."
+echo "Machine: $(machine)."
 echo
 python3 - "$INDEX" "$REPEAT" <<'PY'
 import sys

@@ -2,11 +2,18 @@
 # (nchan.sh, floor.sh, storage.sh), with WORK set to their temporary
 # directory: builds Sluice in release mode, copies the binary into WORK as
 # BIN (so that builds of the same tree during a run cannot replace it), and
-# defines start_sluice_with and stop_hub, stop_hub also on exit.
+# defines start_sluice_with and stop_hub, stop_hub also on exit, and
+# machine.
 
 cargo build --release --quiet
 BIN="$WORK/sluice"
 cp "${CARGO_TARGET_DIR:-target}/release/sluice" "$BIN"
+
+# The machine, for the line each script prints above its tables.
+machine() {
+  echo "$(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1))," \
+    "$(free -h | awk '/^Mem:/ {print $2}') of memory, Linux $(uname -r)"
+}
 
 HUB_PID=
 stop_hub() {

@@ -57,7 +57,7 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-nchan-bench.XXXXXX")"
 INDEX="$WORK/index.tsv"
 : >"$INDEX"
-# BIN, start_sluice_with, stop_hub.
+# BIN, start_sluice_with, stop_hub, machine.
 source bench/hub.sh
 
 # start_sluice [ARGS...]: the hub named `sluice` in the tables, with its
@@ -204,8 +204,7 @@ measure "10,000 idle SSE connections" sluice,nchan -- idle -n 10000
 measure "10,000 idle WebSocket connections" sluice,nchan -- idle -n 10000 --transport ws
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1))," \
-  "$(free -h | awk '/^Mem:/ {print $2}') of memory, Linux $(uname -r), ulimit -n $(ulimit -n);" \
+echo "Machine: $(machine), ulimit -n $(ulimit -n);" \
   "$(nginx -v 2>&1 | sed 's/.*: //'), nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?');" \
   "load average (1, 5, 15 min) $LOAD_BEFORE before, $LOAD_AFTER after."
 echo

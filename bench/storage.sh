@@ -23,7 +23,7 @@ DURATION="${DURATION:-3s}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sluice-storage-bench.XXXXXX")"
 INDEX="$WORK/index.tsv"
 : >"$INDEX"
-# BIN, start_sluice_with, stop_hub.
+# BIN, start_sluice_with, stop_hub, machine.
 source bench/hub.sh
 trap 'stop_hub; rm -rf "$WORK/data"' EXIT
 
@@ -94,9 +94,7 @@ publishing "disk, fsync always" --storage disk --fsync always
 replaying "memory" --storage memory
 replaying "disk" --storage disk
 
-echo "Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1))," \
-  "$(free -h | awk '/^Mem:/ {print $2}') of memory," \
-  "Linux $(uname -r), ulimit -n $(ulimit -n); hub and bench on the same machine."
+echo "Machine: $(machine), ulimit -n $(ulimit -n); hub and bench on the same machine."
 echo
 python3 - "$INDEX" "$REPEAT" <<'EOF'
 import sys
