@@ -818,6 +818,11 @@ mod tests {
             );
         }
         fanout.dispatch(&[Event::sample(2), Event::sample(3)]);
+        let queued: Vec<usize> = fanout.clients().iter().map(|c| c.queue_size).collect();
+        assert_eq!(
+            queued, [2; 20],
+            "what waits in the lane counts for /clients"
+        );
         // One that comes in the middle of the tick: the lane's events so
         // far are not its own.
         let (late, late_outlet) = noted(&fanout, &["t"], 100);
