@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lane::{self, Due, Lane, Recipient, Route};
 pub use super::mailbox::Queued;
-use super::mailbox::{Ending, Mailbox, Pushed};
+use super::mailbox::{Ending, LaneEvents, Mailbox, Pushed};
 use super::outlet::{LastChunk, Outlet, Source, Wrote};
 use crate::event::{Event, EventId};
 use crate::metrics::Metrics;
@@ -187,7 +187,7 @@ impl Deliveries<'_> {
 
     /// Events of a spilt lane into a reader's mailbox, which wakes it at
     /// once: the tick is late.
-    fn hand(&mut self, id: u64, mailbox: &Mailbox, events: &[Queued]) {
+    fn hand(&mut self, id: u64, mailbox: &Mailbox, events: LaneEvents<'_>) {
         let tick = self.tick.unwrap_or_default();
         if mailbox.hand(events, tick) == Pushed::Full {
             self.cut_off.push(id);
@@ -273,14 +273,13 @@ impl Fanout {
             return;
         };
         let (old, mailbox) = (sub.filter.clone(), sub.mailbox.clone());
-        // The events its lane holds for the tick were dispatched while the
-        // old filter stood: they are still its own.
-        let tick = reg.tick;
-        let handed = reg.lane_for(&old).and_then(|lane| {
-            let left = lane.pending().lock();
-            Some((mailbox.hand(&left, tick), left.first()?.event.id))
-        });
-        if let Some((Pushed::Full, undelivered)) = handed {
+        // The events of its lane it was not given yet were dispatched while
+        // the old filter stood: they are still its own.
+        let handed = reg
+            .lane_for(&old)
+            .map(|lane| lane.hand_over(&mailbox, reg.tick));
+        mailbox.leave_lane();
+        if let Some(Err(undelivered)) = handed {
             self.cut_off_slow(&mut reg, id, undelivered);
             return;
         }
@@ -352,9 +351,13 @@ impl Fanout {
                     Some(Route::Due) => due.push(topic.name.clone()),
                     Some(Route::Pending) | None => {}
                     Some(Route::Spill) => {
-                        let mut spilt = Vec::new();
+                        let (lane, mut spilt) = (topic.lane.id(), Vec::new());
                         for reader in topic.lane.spill(&mut spilt) {
-                            to.hand(reader.id, &reader.mailbox, &spilt);
+                            let events = LaneEvents {
+                                lane,
+                                events: &spilt,
+                            };
+                            to.hand(reader.id, &reader.mailbox, events);
                         }
                     }
                 }
@@ -451,17 +454,20 @@ impl Fanout {
                 if visited % 16 == 15 {
                     lane::catch_up(&mut due.events, &due.pending);
                 }
-                let (mailbox, events) = (&reader.mailbox, &due.events[..]);
+                let mailbox = &reader.mailbox;
+                let events = LaneEvents {
+                    lane: due.lane,
+                    events: &due.events,
+                };
                 let wrote = pass.write(mailbox, |outlet| {
                     outlet.write_through(mailbox, tick, Source::Lane(events), &mut scratch.last)
                 });
                 if wrote == Wrote::Nothing && mailbox.hand(events, tick) == Pushed::Full {
-                    let undelivered = mailbox.own(events).first().map(|q| q.event.id);
-                    scratch
-                        .cut_off
-                        .push((reader.id, undelivered.unwrap_or_default()));
+                    let undelivered = mailbox.own(events)[0].event.id;
+                    scratch.cut_off.push((reader.id, undelivered));
                 }
             }
+            due.in_flight.lock().clear();
             due.events.clear();
             scratch.spare.push(due.events);
         }
@@ -520,7 +526,7 @@ impl Fanout {
                 queue_size: s.mailbox.queue_size()
                     + reg
                         .lane_for(&s.filter)
-                        .map_or(0, |lane| s.mailbox.own(&lane.pending().lock()).len()),
+                        .map_or(0, |lane| lane.waiting_for(&s.mailbox)),
             })
             .collect()
     }
@@ -617,16 +623,19 @@ impl Registry {
             .exact_topics()
             .is_some_and(|mut t| t.nth(1).is_none());
         for name in topics {
+            let lane = self.next_id;
             let topic = self
                 .by_topic
                 .entry(name.into())
                 .or_insert_with_key(|name| Topic {
                     name: name.clone(),
                     recipients: Vec::new(),
-                    lane: Lane::default(),
+                    lane: Lane::new(lane),
                 });
+            // Lanes and subscribers take their numbers from one count.
+            self.next_id += 1;
             if sole {
-                mailbox.read_lane_after(self.head);
+                mailbox.read_lane_after(topic.lane.id(), self.head);
                 topic.lane.add_reader(recipient());
             } else {
                 topic.recipients.push(recipient());
@@ -870,6 +879,54 @@ mod tests {
             .concat(),
             [3],
             "now one of the topic's recipients, which the tick wakes"
+        );
+    }
+
+    #[test]
+    fn a_reader_that_leaves_its_lane_during_a_pass_gets_its_events_once_and_in_order() {
+        let fanout = Arc::new(ticking(Duration::from_secs(10)));
+        // The tick writes to the first while two after its catch-up point
+        // (every 16 readers) leave the lane: one adds a topic, the other
+        // moves to another topic's lane.
+        let readers: Vec<_> = (0..20).map(|_| noted(&fanout, &["t"], 100)).collect();
+        let _other = noted(&fanout, &["u"], 100);
+        let ((adding, adding_outlet), (moving, moving_outlet)) = (&readers[19], &readers[17]);
+        fanout.dispatch(&[Event::sample(1)]);
+        for (reader, _) in &readers {
+            assert_eq!(taken(&reader.mailbox), [1]);
+        }
+        fanout.dispatch(&[Event::sample(2)]);
+        let tasks_took = Arc::new(parking_lot::Mutex::new([Vec::new(), Vec::new()]));
+        let (during, took) = (fanout.clone(), tasks_took.clone());
+        let (adding_task, moving_task) = (
+            (adding.id, adding.mailbox.clone()),
+            (moving.id, moving.mailbox.clone()),
+        );
+        *readers[0].1.during.lock() = Some(Box::new(move || {
+            // The WebSocket sessions change their topics, an event of the
+            // old lane comes, and their tasks take what they have.
+            let filter =
+                |topics: &[&str]| Arc::new(TopicFilter::parse(topics.iter().copied(), 10).unwrap());
+            during.set_filter(adding_task.0, filter(&["t", "u"]));
+            during.set_filter(moving_task.0, filter(&["u"]));
+            during.dispatch(&[Event::sample(3)]);
+            let mut took = took.lock();
+            took[0].extend(taken(&adding_task.1));
+            took[1].extend(taken(&moving_task.1));
+        }));
+        fanout.tick(&mut TickScratch::default());
+        assert_eq!(readers[18].1.written.lock().clone(), [2, 3], "caught up");
+        let [adding_took, moving_took] = tasks_took.lock().clone();
+        let got = |took: Vec<u64>, outlet: &Noted| [took, outlet.written.lock().clone()].concat();
+        assert_eq!(
+            got(adding_took, adding_outlet),
+            [2, 3],
+            "each once, in order"
+        );
+        assert_eq!(
+            got(moving_took, moving_outlet),
+            [2],
+            "nothing of its old topic's after"
         );
     }
 

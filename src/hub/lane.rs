@@ -15,8 +15,12 @@
 //! A pass of the tick through a thousand readers takes milliseconds, and
 //! events keep coming meanwhile. The tick takes those too as it goes
 //! ([`catch_up`]), as it would find them in each reader's mailbox; each
-//! reader's mailbox notes the last event of the lane it was given, so
-//! that the next tick skips them for it.
+//! reader's mailbox notes the lane it reads and the last of its events it
+//! was given, so that the next tick skips them for it. A reader that
+//! leaves the lane (a WebSocket session that changes its topics) takes
+//! what it was not given yet into its mailbox, the events the tick is
+//! writing included ([`Lane::hand_over`]), and from then on takes nothing
+//! from the lane, which the tick may still hold.
 //!
 //! A subscriber with several topics, or a wildcard, gets each event in its
 //! mailbox as before: its batch is its own mix of topics, in id order.
@@ -25,7 +29,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::mailbox::{Mailbox, Queued};
+use super::mailbox::{LaneEvents, Mailbox, Pushed, Queued};
+use crate::event::EventId;
 
 /// A subscriber as the fan-out's index holds it, in a lane or elsewhere:
 /// what dispatch and the tick need, without a lookup by id.
@@ -35,17 +40,23 @@ pub struct Recipient {
     pub mailbox: Arc<Mailbox>,
 }
 
-/// The events of a lane that wait for the tick: the fan-out adds to them
-/// under the registry's lock, the tick reads them while it writes.
-pub type Pending = Arc<Mutex<Vec<Queued>>>;
+/// Events of a lane, shared by the fan-out, under the registry's lock, and
+/// the tick, which reads them while it writes.
+pub type Shared = Arc<Mutex<Vec<Queued>>>;
 
 /// One topic's lane. The fan-out's registry owns it, under its lock.
-#[derive(Default)]
 pub struct Lane {
+    /// Tells it apart from the lanes before and after it (see
+    /// [`LaneEvents`]).
+    id: u64,
     /// Shared with the tick, which goes through them without the
     /// registry's lock; copied when they change while the tick holds them.
     readers: Arc<Vec<Recipient>>,
-    pending: Pending,
+    /// The events that wait for the next tick.
+    pending: Shared,
+    /// The events the tick is writing, until its pass through the readers
+    /// ends.
+    in_flight: Shared,
     /// The tick (plus one) in which the readers were last woken, or written
     /// to, for this lane.
     woken_in: u64,
@@ -71,14 +82,33 @@ pub enum Route {
 
 /// What a due lane gives the tick.
 pub struct Due {
-    /// The events that waited for the tick.
+    pub lane: u64,
+    /// The events that waited for the tick (the tick's own copy of the
+    /// lane's in-flight ones, to which it adds as it catches up).
     pub events: Vec<Queued>,
     pub readers: Arc<Vec<Recipient>>,
     /// Where the events that come during the tick's pass wait.
-    pub pending: Pending,
+    pub pending: Shared,
+    /// The lane's copy of the events, emptied when the pass ends.
+    pub in_flight: Shared,
 }
 
 impl Lane {
+    pub fn new(id: u64) -> Self {
+        Lane {
+            id,
+            readers: Arc::default(),
+            pending: Shared::default(),
+            in_flight: Shared::default(),
+            woken_in: 0,
+            due: false,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn readers(&self) -> &[Recipient] {
         &self.readers
     }
@@ -95,9 +125,32 @@ impl Lane {
         Some(readers.swap_remove(at))
     }
 
-    /// The events waiting for the tick.
-    pub fn pending(&self) -> &Mutex<Vec<Queued>> {
-        &self.pending
+    /// How many of the events waiting for the tick are for the reader
+    /// with `mailbox`.
+    pub fn waiting_for(&self, mailbox: &Mailbox) -> usize {
+        let pending = self.pending.lock();
+        mailbox.own(self.events(&pending)).len()
+    }
+
+    /// Hands a reader that leaves the lane, at tick `tick`, what it was not
+    /// given yet: first the events the tick is writing, then those that
+    /// wait. Else the first of them, if its mailbox cannot take them.
+    pub fn hand_over(&self, mailbox: &Mailbox, tick: u64) -> Result<(), EventId> {
+        for shared in [&self.in_flight, &self.pending] {
+            let events = shared.lock();
+            let batch = self.events(&events);
+            if mailbox.hand(batch, tick) == Pushed::Full {
+                return Err(mailbox.own(batch)[0].event.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn events<'e>(&self, events: &'e [Queued]) -> LaneEvents<'e> {
+        LaneEvents {
+            lane: self.id,
+            events,
+        }
     }
 
     /// Routes an event of tick `tick` (`None`: no tick), and keeps it if
@@ -134,18 +187,26 @@ impl Lane {
     }
 
     /// For tick `tick`, which starts, if the lane is on its list: its
-    /// events, swapped with `into` (empty). Events that come from now on
-    /// are for the next tick, which the lane is then on the list of.
+    /// events, now in flight, copied into `into` (empty). Events that come
+    /// from now on are for the next tick, which the lane is then on the
+    /// list of.
     pub fn take_due(&mut self, tick: u64, mut into: Vec<Queued>) -> Result<Due, Vec<Queued>> {
         if !std::mem::take(&mut self.due) {
             return Err(into);
         }
         self.woken_in = tick + 1;
-        std::mem::swap(&mut *self.pending.lock(), &mut into);
+        let mut pending = self.pending.lock();
+        let mut in_flight = self.in_flight.lock();
+        // Emptied at the end of the last pass: its room goes to `pending`.
+        debug_assert!(in_flight.is_empty());
+        std::mem::swap(&mut *pending, &mut *in_flight);
+        into.extend(in_flight.iter().map(Queued::again));
         Ok(Due {
+            lane: self.id,
             events: into,
             readers: self.readers.clone(),
             pending: self.pending.clone(),
+            in_flight: self.in_flight.clone(),
         })
     }
 }

@@ -102,10 +102,26 @@ struct State {
     waiting: bool,
     /// The write tick left part of a write in the outlet for the task.
     flush: bool,
-    /// The last event of its topic's lane it was given (see `hub::lane`),
-    /// or the head when it began to read the lane: the lane's events up to
-    /// this one are not for it.
-    lane_given: EventId,
+    /// The lane it reads, if any (see `hub::lane`).
+    reading: Option<Reading>,
+}
+
+/// Where a subscriber is in the lane it reads.
+#[derive(Clone, Copy)]
+struct Reading {
+    lane: u64,
+    /// The last event of the lane it was given, or the head when it began
+    /// to read the lane: the lane's events up to this one are not for it.
+    given: EventId,
+}
+
+/// Events of one lane (see `hub::lane`), with the lane's number: a
+/// subscriber takes only those of the lane it reads, and a write tick
+/// still holding a lane it has left gives it nothing more.
+#[derive(Clone, Copy)]
+pub struct LaneEvents<'e> {
+    pub lane: u64,
+    pub events: &'e [Queued],
 }
 
 impl State {
@@ -122,13 +138,23 @@ impl State {
         true
     }
 
-    /// Its own among `events` of its lane.
-    fn own<'e>(&self, events: &'e [Queued]) -> &'e [Queued] {
-        let given = self.lane_given;
-        match events.first() {
-            // Nearly always: it has been given everything before these.
-            Some(first) if first.event.id > given => events,
-            _ => &events[events.partition_point(|q| q.event.id <= given)..],
+    /// Its own among a lane's events: none unless it reads that lane.
+    fn own<'e>(&self, batch: LaneEvents<'e>) -> &'e [Queued] {
+        let events = batch.events;
+        match self.reading {
+            Some(Reading { lane, given }) if lane == batch.lane => match events.first() {
+                // Nearly always: it has been given everything before these.
+                Some(first) if first.event.id > given => events,
+                _ => &events[events.partition_point(|q| q.event.id <= given)..],
+            },
+            _ => &[],
+        }
+    }
+
+    /// Notes `own` (not empty) as given.
+    fn given(&mut self, own: &[Queued]) {
+        if let Some(reading) = &mut self.reading {
+            reading.given = own[own.len() - 1].event.id;
         }
     }
 
@@ -211,39 +237,45 @@ impl Mailbox {
         true
     }
 
-    /// The subscriber begins to read its topic's lane, whose events up to
+    /// The subscriber begins to read lane `lane`, whose events up to
     /// `head` are not its own.
-    pub fn read_lane_after(&self, head: EventId) {
-        self.state.lock().lane_given = head;
+    pub fn read_lane_after(&self, lane: u64, head: EventId) {
+        self.state.lock().reading = Some(Reading { lane, given: head });
     }
 
-    /// Its own among `events` of its lane, in id order: those it was not
-    /// given yet.
-    pub fn own<'e>(&self, events: &'e [Queued]) -> &'e [Queued] {
-        self.state.lock().own(events)
+    /// The subscriber reads no lane any more: a write tick that still
+    /// holds the one it read gives it nothing more.
+    pub fn leave_lane(&self) {
+        self.state.lock().reading = None;
     }
 
-    /// For the write tick, in tick `tick`: its own among `events` of its
+    /// Its own among the events of a lane, in id order: those it was not
+    /// given yet, if it reads that lane.
+    pub fn own<'e>(&self, batch: LaneEvents<'e>) -> &'e [Queued] {
+        self.state.lock().own(batch)
+    }
+
+    /// For the write tick, in tick `tick`: its own among the events of its
     /// lane (see `hub::lane`), if the tick may write them itself, as
     /// [`Mailbox::take_waiting`] would take a batch: the task waits, and
     /// nothing queued here must go before them. They count as given.
-    pub fn claim_waiting<'e>(&self, tick: u64, events: &'e [Queued]) -> Option<&'e [Queued]> {
+    pub fn claim_waiting<'e>(&self, tick: u64, batch: LaneEvents<'e>) -> Option<&'e [Queued]> {
         let mut state = self.state.lock();
-        let own = state.own(events);
+        let own = state.own(batch);
         if own.is_empty() || !state.events.is_empty() || !state.claim(tick) {
             return None;
         }
-        state.lane_given = own[own.len() - 1].event.id;
+        state.given(own);
         Some(own)
     }
 
-    /// Queues its own among `events` of its lane at once, and wakes the
+    /// Queues its own among the events of its lane at once, and wakes the
     /// subscriber for them, in tick `tick` (the one that starts): those
     /// the tick could not write itself. Full, with nothing queued, if they
     /// do not fit (the rule of [`Mailbox::push`]).
-    pub fn hand(&self, events: &[Queued], tick: u64) -> Pushed {
+    pub fn hand(&self, batch: LaneEvents<'_>, tick: u64) -> Pushed {
         let mut state = self.state.lock();
-        let events = state.own(events);
+        let events = state.own(batch);
         if state.ended.is_some() || events.is_empty() {
             return Pushed::Queued;
         }
@@ -251,7 +283,7 @@ impl Mailbox {
         if queued > self.capacity && (!state.waiting || queued > LATE_ROOM * self.capacity) {
             return Pushed::Full;
         }
-        state.lane_given = events[events.len() - 1].event.id;
+        state.given(events);
         state.events.extend(events.iter().map(Queued::again));
         wake_in(state, tick);
         Pushed::Queued
@@ -474,20 +506,28 @@ mod tests {
         let mut cx = Context::from_waker(noop_waker_ref());
         let mut batch = Vec::new();
         let seqs = |events: &[Queued]| events.iter().map(|q| q.event.id.seq).collect::<Vec<_>>();
-        mailbox.read_lane_after(EventId { ms: 1, seq: 1 });
+        let of = |lane, events| LaneEvents { lane, events };
+        mailbox.read_lane_after(7, EventId { ms: 1, seq: 1 });
         let lane: Vec<Queued> = (1..=4).map(queued).collect();
         assert!(
-            mailbox.claim_waiting(1, &lane).is_none(),
+            mailbox.claim_waiting(1, of(7, &lane)).is_none(),
             "its task never waited"
         );
         assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
-        let own = mailbox.claim_waiting(1, &lane).expect("it waits");
+        assert!(
+            mailbox.claim_waiting(1, of(8, &lane)).is_none(),
+            "another lane's"
+        );
+        let own = mailbox.claim_waiting(1, of(7, &lane)).expect("it waits");
         assert_eq!(seqs(own), [2, 3, 4], "after the head it began at");
-        assert!(mailbox.claim_waiting(2, &lane).is_none(), "all given");
-        assert_eq!(mailbox.own(&lane).len(), 0);
+        assert!(
+            mailbox.claim_waiting(2, of(7, &lane)).is_none(),
+            "all given"
+        );
+        assert_eq!(mailbox.own(of(7, &lane)).len(), 0);
 
         let lane: Vec<Queued> = (3..=6).map(queued).collect();
-        assert_eq!(mailbox.hand(&lane, 2), Pushed::Queued);
+        assert_eq!(mailbox.hand(of(7, &lane), 2), Pushed::Queued);
         assert_eq!(
             mailbox.poll_take(&mut cx, &mut batch),
             Poll::Ready(Taken::Events)
@@ -498,12 +538,19 @@ mod tests {
         mailbox.push(queued(7), None);
         let lane = [queued(8)];
         assert!(
-            mailbox.claim_waiting(3, &lane).is_none(),
+            mailbox.claim_waiting(3, of(7, &lane)).is_none(),
             "what its mailbox holds goes first"
         );
-        assert_eq!(mailbox.hand(&lane, 3), Pushed::Queued);
+        assert_eq!(mailbox.hand(of(7, &lane), 3), Pushed::Queued);
         assert!(mailbox.poll_take(&mut cx, &mut batch).is_ready());
         assert_eq!(seqs(&batch), [7, 8]);
+
+        batch.clear();
+        mailbox.leave_lane();
+        let lane = [queued(9)];
+        assert_eq!(mailbox.own(of(7, &lane)).len(), 0, "it reads no lane");
+        assert_eq!(mailbox.hand(of(7, &lane), 4), Pushed::Queued);
+        assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
     }
 
     #[test]

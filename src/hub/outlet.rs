@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use super::mailbox::{Mailbox, Queued};
+pub use super::mailbox::{LaneEvents, Mailbox, Queued};
 use crate::event::Event;
 
 /// A subscriber's socket, as the write tick may write to it.
@@ -49,7 +49,7 @@ pub enum Source<'a> {
     Mailbox(&'a mut Vec<Queued>),
     /// In its topic's lane (see `hub::lane`): its own among these events,
     /// shared with the lane's other readers.
-    Lane(&'a [Queued]),
+    Lane(LaneEvents<'a>),
 }
 
 impl Source<'_> {
@@ -59,7 +59,7 @@ impl Source<'_> {
     pub fn take(&mut self, mailbox: &Mailbox, tick: u64) -> Option<&[Queued]> {
         match self {
             Source::Mailbox(batch) => mailbox.take_waiting(tick, batch).then_some(&batch[..]),
-            Source::Lane(events) => mailbox.claim_waiting(tick, events),
+            Source::Lane(events) => mailbox.claim_waiting(tick, *events),
         }
     }
 
