@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Hub, SteadyPublisher, assert_contiguous, client, next_event, sse};
+use common::{
+    Hub, SteadyPublisher, assert_contiguous, client, collecting_readers, next_event, sse,
+};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -170,31 +172,8 @@ async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing
 async fn every_subscriber_of_a_busy_topic_gets_each_event_once_while_another_rejoins() {
     const READERS: usize = 100;
     const RECONNECTS: usize = 15;
-    // Room enough that a subscriber slowed by a busy test machine is
-    // never cut off: this test is about what each one gets.
-    let hub = Arc::new(
-        Hub::start(&[
-            "--history-max-events",
-            "100000",
-            "--subscriber-buffer",
-            "100000",
-        ])
-        .await,
-    );
-    let mut readers = Vec::new();
-    for _ in 0..READERS {
-        let mut stream = sse(&hub.at("/stream?topics=lane"), None).await;
-        readers.push(tokio::spawn(async move {
-            let mut received = Vec::new();
-            loop {
-                let event = next_event(&mut stream, WAIT).await;
-                if event.data.contains("end") {
-                    return received;
-                }
-                received.push(event.id);
-            }
-        }));
-    }
+    let hub = Arc::new(Hub::start_roomy().await);
+    let readers = collecting_readers(&hub, "lane", READERS).await;
     let publisher = SteadyPublisher::start(hub.clone(), "lane");
     let mut rejoined: Vec<String> = Vec::new();
     let mut last: Option<String> = None;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::ws::{close_code, command, command_text, connect, next_json, next_text, ws_url};
-use common::{Hub, SteadyPublisher, assert_contiguous, next_event, sse, tick_writes};
+use common::{
+    Hub, SteadyPublisher, assert_contiguous, collecting_readers, next_event, sse, tick_writes,
+};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -484,24 +486,8 @@ async fn the_replay_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_changes_its_topics_gets_each_event_once_and_in_order() {
     const TOGGLES: usize = 1000;
-    let hub = Arc::new(
-        Hub::start(&[
-            "--history-max-events",
-            "100000",
-            "--subscriber-buffer",
-            "100000",
-        ])
-        .await,
-    );
-    let mut readers = Vec::new();
-    for _ in 0..200 {
-        let mut stream = sse(&hub.at("/stream?topics=lane"), None).await;
-        readers.push(tokio::spawn(async move {
-            loop {
-                next_event(&mut stream, WAIT).await;
-            }
-        }));
-    }
+    let hub = Arc::new(Hub::start_roomy().await);
+    let readers = collecting_readers(&hub, "lane", 200).await;
     let mut socket = connect(&hub, "/ws?topics=lane").await;
     assert_eq!(
         command(&mut socket, json!({"op": "ping"})).await["op"],

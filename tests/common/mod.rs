@@ -32,6 +32,19 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Hub {
     /// Starts `sluice serve` with `args` on an ephemeral port.
+    /// A hub whose history and subscriber queues hold far more than a
+    /// test publishes: a subscriber slowed by a busy test machine is never
+    /// cut off, for the tests about what each subscriber gets.
+    pub async fn start_roomy() -> Hub {
+        Hub::start(&[
+            "--history-max-events",
+            "100000",
+            "--subscriber-buffer",
+            "100000",
+        ])
+        .await
+    }
+
     pub async fn start(args: &[&str]) -> Hub {
         Self::start_with(args, &[], None).await
     }
@@ -321,6 +334,30 @@ pub async fn sse(url: &str, last_event_id: Option<&str>) -> SseStream {
             .eventsource()
             .map(|e| e.expect("well-formed SSE")),
     )
+}
+
+/// `n` SSE subscribers of `topic`, live, each in a task that collects the
+/// ids of the events it receives until one whose data says "end".
+pub async fn collecting_readers(
+    hub: &Hub,
+    topic: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    let mut readers = Vec::new();
+    for _ in 0..n {
+        let mut stream = sse(&hub.at(&format!("/stream?topics={topic}")), None).await;
+        readers.push(tokio::spawn(async move {
+            let mut received = Vec::new();
+            loop {
+                let event = next_event(&mut stream, Duration::from_secs(10)).await;
+                if event.data.contains("end") {
+                    return received;
+                }
+                received.push(event.id);
+            }
+        }));
+    }
+    readers
 }
 
 /// The next SSE event, waiting at most `within`.
