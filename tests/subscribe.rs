@@ -631,3 +631,51 @@ async fn subscribers_of_one_topic_in_every_format_get_their_own_frames_from_the_
         .find_map(|line| line.strip_prefix("sluice_bytes_sent_total{transport=\"ndjson\"} "));
     assert_eq!(sent, Some(ndjson_bytes.to_string().as_str()));
 }
+
+/// A quiet stream's events, each the first of its write tick, are written
+/// as they come by the hub's prompt writer, not by each subscriber's task
+/// (`hub::fanout`, prompt writes): every event but a connection's first
+/// (which gives the writer the socket) counts as a tick write. Subscribers
+/// of one topic (a lane's readers) and of several (their own mailbox's
+/// batch), over SSE and NDJSON, each get every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_is_written_as_it_comes_by_the_prompt_writer() {
+    let hub = Hub::start(&["--lifecycle-events", "false", "--write-delay", "5ms"]).await;
+    let mut streams = vec![
+        sse(&hub.at("/stream?topics=quiet"), None).await,
+        sse(&hub.at("/stream?topics=quiet,other"), None).await,
+    ];
+    let mut lines = ndjson(&hub.at("/ndjson?topics=quiet")).await;
+    for _ in 0..100 {
+        if hub.get_json("/health").await.1["connected_clients"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    const EVENTS: usize = 20;
+    for n in 0..EVENTS {
+        let id = hub.publish("quiet", json!({ "n": n })).await;
+        for stream in &mut streams {
+            assert_eq!(next_event(stream, Duration::from_secs(10)).await.id, id);
+        }
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
+            .await
+            .expect("a line in time")
+            .expect("the stream goes on");
+        assert_eq!(line["id"], id);
+        // Longer than the write delay: the next event is the first of a
+        // tick.
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let expected = (3 * (EVENTS - 1)) as f64;
+    let mut written = 0.0;
+    for _ in 0..100 {
+        // Counted when the writer's pass ends, after the bytes are out.
+        written = tick_writes(&hub, "whole").await;
+        if written >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(written, expected, "one write per event but the first, each");
+}

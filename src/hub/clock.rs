@@ -9,6 +9,8 @@
 //!   subscribers that wait (see `hub::outlet`): a few milliseconds of
 //!   system calls per tick with thousands of busy subscribers, which
 //!   would hold up every task queued behind it on a runtime's worker.
+//!   The prompt writer, on a thread of its own too, writes the first
+//!   events of a tick as they come ([`Fanout::write_prompt`]).
 //! - The keep-alive tick counts quarters of `keepalive` in every
 //!   subscriber's mailbox ([`Fanout::keepalive_tick`]); a subscription that
 //!   has sent nothing for [`KEEPALIVE_TICKS`] of them sends a keep-alive,
@@ -47,6 +49,7 @@ pub fn start(
 ) -> JoinHandle<()> {
     if !write_delay.is_zero() {
         write_ticks(Arc::downgrade(&fanout), write_delay, shutdown.clone());
+        write_prompt(&fanout, shutdown.clone());
     }
     runtime.spawn(async move {
         let mut keepalive_tick = every(keepalive / TICKS_PER_KEEPALIVE);
@@ -83,6 +86,33 @@ fn write_ticks(fanout: Weak<Fanout>, period: Duration, shutdown: CancellationTok
         .name("sluice-tick".into())
         .spawn(ticking)
         .expect("the write tick's thread starts");
+}
+
+/// Writes the fan-out's prompt list whenever dispatch adds to it, on a
+/// thread of its own (the write tick's may be in the middle of a pass
+/// through thousands of sockets), until `shutdown` or until the fan-out is
+/// gone.
+fn write_prompt(fanout: &Arc<Fanout>, shutdown: CancellationToken) {
+    let weak = Arc::downgrade(fanout);
+    let writing = move || {
+        let mut scratch = TickScratch::default();
+        while !shutdown.is_cancelled() {
+            let Some(fanout) = weak.upgrade() else {
+                return;
+            };
+            if !fanout.write_prompt(&mut scratch) {
+                drop(fanout);
+                // Unparked by dispatch, or by the shutdown; the timeout
+                // only notices a fan-out dropped without one (in tests).
+                std::thread::park_timeout(Duration::from_secs(1));
+            }
+        }
+    };
+    let thread = std::thread::Builder::new()
+        .name("sluice-prompt".into())
+        .spawn(writing)
+        .expect("the prompt writer's thread starts");
+    fanout.set_prompt_writer(thread.thread().clone());
 }
 
 fn every(period: Duration) -> tokio::time::Interval {

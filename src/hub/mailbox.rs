@@ -58,6 +58,11 @@ pub enum Pushed {
     /// Queued for the end of the tick: the fan-out must wake this mailbox
     /// then, with [`Mailbox::wake_deferred`].
     Deferred,
+    /// Queued, the subscriber's first event of the tick, and its task waits
+    /// with an outlet: the fan-out must hand the mailbox to the prompt
+    /// writer, which writes the batch through the outlet or wakes the task
+    /// ([`Mailbox::wake_deferred`]), as the tick does.
+    Prompt,
     /// The queue holds `capacity` events already, and the subscriber is
     /// busy writing (its socket is full: it is too slow), or holds
     /// [`LATE_ROOM`] times that.
@@ -302,8 +307,9 @@ impl Mailbox {
     }
 
     /// Queues an event during write tick `tick`: the subscriber is woken
-    /// if this is its first event of the tick, or for every event without
-    /// a tick (`write_delay` zero).
+    /// if this is its first event of the tick (or handed to the prompt
+    /// writer, if the write tick may write for it), or for every event
+    /// without a tick (`write_delay` zero).
     pub fn push(&self, queued: Queued, tick: Option<u64>) -> Pushed {
         let mut state = self.state.lock();
         if state.ended.is_some() {
@@ -329,6 +335,12 @@ impl Mailbox {
             return Pushed::Deferred;
         }
         state.woken_in = tick.unwrap_or_default();
+        if tick.is_some() && state.waiting && !state.flush && self.outlet.get().is_some() {
+            // Later events of the tick join this one until the prompt
+            // writer takes them, as they would for a tick under way.
+            state.deferred = true;
+            return Pushed::Prompt;
+        }
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
