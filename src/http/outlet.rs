@@ -200,13 +200,17 @@ impl<S: AsRef<TcpStream> + Send + Sync> Outlet for SocketOutlet<S> {
         let key = batch.first().map(|q| framing.frame(&q.event).as_ptr());
         let key = key.map_or(0, |frame| frame as usize);
         let chunk = last.get_or_make(key, batch, |batch| framing.chunk(batch));
+        // Counted before the send, as the connection's task counts its own
+        // batches: a client that received the bytes, then reads
+        // `/metrics`, finds them counted, even if this thread is preempted
+        // right after the send.
+        meter.delivered(batch);
+        meter.sent(chunk.frames);
+        info.received(batch);
         // `send`, not tokio's `try_write`: a plain system call, with no
         // file layer (`writev`) and no readiness bookkeeping, which the
         // task's next write redoes if the socket was full.
         let sent = socket2::SockRef::from(socket.as_ref()).send(&chunk.bytes);
-        meter.delivered(batch);
-        meter.sent(chunk.frames);
-        info.received(batch);
         source.done();
         // A failed send leaves the whole chunk: the task's own write then
         // fails the same way, and ends the connection.

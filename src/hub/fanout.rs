@@ -172,6 +172,17 @@ pub struct Fanout {
     prompt_writer: OnceLock<Thread>,
 }
 
+/// How many `write_delay`s a pass of the prompt writer may take before it
+/// wakes the rest of its list, for their tasks to write (a tick's pass:
+/// two). More than the tick's because its lists grow when its thread
+/// waits for a core, that is when the cores are all busy: then the tasks'
+/// writes, which cost a wake-up and a poll each besides the write, only
+/// add to the load. With two delays, the 10,000-subscriber row of
+/// docs/BENCHMARKS.md (2 cores, both busy) left most of its writes to the
+/// tasks: 5.8-6.6 µs of hub CPU per delivery, p99 125-169 ms; with ten,
+/// the writer wrote them all: 5.3-5.4 µs, p99 103-137 ms.
+const PROMPT_BUDGET: u32 = 10;
+
 /// What the write tick (or the prompt writer) keeps from one pass to the
 /// next, so that a pass allocates nothing once the hub has warmed up.
 #[derive(Default)]
@@ -520,8 +531,9 @@ impl Fanout {
     }
 
     /// Writes the prompt list (see the module's prompt writes) as the tick
-    /// writes its deferred mailboxes, within the same budget, and wakes
-    /// those it cannot write for. Returns whether the list held any.
+    /// writes its deferred mailboxes, for [`PROMPT_BUDGET`] write delays at
+    /// most, and wakes those it cannot write for. Returns whether the list
+    /// held any.
     pub fn write_prompt(&self, scratch: &mut TickScratch) -> bool {
         let tick = {
             let mut reg = self.registry.lock();
@@ -531,7 +543,7 @@ impl Fanout {
         if scratch.mailboxes.is_empty() {
             return false;
         }
-        let mut pass = Pass::new(2 * self.write_delay);
+        let mut pass = Pass::new(PROMPT_BUDGET * self.write_delay);
         pass.write_mailboxes(tick, scratch);
         scratch.last.clear();
         pass.count(&self.metrics);
@@ -1116,6 +1128,39 @@ mod tests {
             [3],
             "it waits again: the tick writes"
         );
+    }
+
+    #[test]
+    fn the_prompt_writer_writes_for_longer_than_the_tick_before_it_wakes_the_rest() {
+        let delay = Duration::from_millis(10);
+        let fanout = ticking(delay);
+        let outlet = Arc::new(Noted {
+            cost: Duration::from_millis(2),
+            ..Noted::default()
+        });
+        let filter = Arc::new(TopicFilter::parse(["t", "u"], 10).unwrap());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        for _ in 0..40 {
+            let registration = fanout.register(
+                filter.clone(),
+                ClientInfo::sample(),
+                10,
+                CancellationToken::new(),
+            );
+            registration.mailbox.set_outlet(outlet.clone());
+            let mut batch = Vec::new();
+            assert!(
+                registration
+                    .mailbox
+                    .poll_take(&mut cx, &mut batch)
+                    .is_pending()
+            );
+        }
+        fanout.dispatch(&[Event::sample(1)]);
+        assert!(fanout.write_prompt(&mut TickScratch::default()));
+        // 80 ms of writes: past the tick's budget (20 ms), within the
+        // prompt writer's (100 ms).
+        assert_eq!(outlet.writes.load(Ordering::SeqCst), 40);
     }
 
     #[test]
