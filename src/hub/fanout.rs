@@ -785,7 +785,6 @@ mod tests {
     /// woken by it.
     fn one_tick(write_delay: Duration, cost: Duration) -> (usize, usize) {
         let fanout = ticking(write_delay);
-        let filter = Arc::new(TopicFilter::parse(["t"], 10).unwrap());
         let outlet = Arc::new(Noted {
             cost,
             ..Noted::default()
@@ -793,22 +792,8 @@ mod tests {
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let mailboxes: Vec<_> = (0..40)
-            .map(|_| {
-                let registration = fanout.register(
-                    filter.clone(),
-                    ClientInfo::sample(),
-                    10,
-                    CancellationToken::new(),
-                );
-                registration.mailbox.set_outlet(outlet.clone());
-                registration.mailbox
-            })
-            .collect();
+        let mailboxes = waiting(&fanout, &["t"], &outlet, 40, &mut cx);
         let mut batch = Vec::new();
-        for mailbox in &mailboxes {
-            assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
-        }
         fanout.dispatch(&[Event::sample(1)]);
         assert_eq!(
             wakes.count(),
@@ -835,6 +820,31 @@ mod tests {
             })
             .count();
         (writes, woken)
+    }
+
+    /// `n` subscribers of `topics` whose sockets are `outlet`, each waiting
+    /// on its mailbox with the waker of `cx`.
+    fn waiting(
+        fanout: &Fanout,
+        topics: &[&str],
+        outlet: &Arc<Noted>,
+        n: usize,
+        cx: &mut Context<'_>,
+    ) -> Vec<Arc<Mailbox>> {
+        let filter = Arc::new(TopicFilter::parse(topics.iter().copied(), 10).unwrap());
+        let waiting_one = |_| {
+            let registration = fanout.register(
+                filter.clone(),
+                ClientInfo::sample(),
+                10,
+                CancellationToken::new(),
+            );
+            let mailbox = registration.mailbox;
+            mailbox.set_outlet(outlet.clone());
+            assert!(mailbox.poll_take(cx, &mut Vec::new()).is_pending());
+            mailbox
+        };
+        (0..n).map(waiting_one).collect()
     }
 
     /// A fan-out whose ticks the test calls.
@@ -1138,24 +1148,8 @@ mod tests {
             cost: Duration::from_millis(2),
             ..Noted::default()
         });
-        let filter = Arc::new(TopicFilter::parse(["t", "u"], 10).unwrap());
         let mut cx = Context::from_waker(noop_waker_ref());
-        for _ in 0..40 {
-            let registration = fanout.register(
-                filter.clone(),
-                ClientInfo::sample(),
-                10,
-                CancellationToken::new(),
-            );
-            registration.mailbox.set_outlet(outlet.clone());
-            let mut batch = Vec::new();
-            assert!(
-                registration
-                    .mailbox
-                    .poll_take(&mut cx, &mut batch)
-                    .is_pending()
-            );
-        }
+        waiting(&fanout, &["t", "u"], &outlet, 40, &mut cx);
         fanout.dispatch(&[Event::sample(1)]);
         assert!(fanout.write_prompt(&mut TickScratch::default()));
         // 80 ms of writes: past the tick's budget (20 ms), within the
