@@ -30,9 +30,9 @@
 //! the subscription's state machines and a vectored write. Writing it
 //! from the prompt writer takes 18-25% off the CPU per delivery of 1,000
 //! subscribers of a topic with 50 events/s (docs/BENCHMARKS.md, "Prompt
-//! writes"). The thread is
-//! not the tick's, whose pass through a busy topic's readers takes
-//! milliseconds: a quiet stream's event would wait behind it.
+//! writes"). The thread is not the tick's, whose pass through a busy
+//! topic's readers takes milliseconds: a quiet stream's event would wait
+//! behind it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
