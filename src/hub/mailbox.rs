@@ -134,13 +134,19 @@ impl State {
     /// (the one that starts): its task waits, with nothing under way. If
     /// so, notes the tick as [`Mailbox::wake_deferred`] does.
     fn claim(&mut self, tick: u64) -> bool {
-        if !self.waiting || self.flush || self.ended.is_some() {
+        if !self.tick_may_write() {
             return false;
         }
         self.quiet = 0;
         self.deferred = false;
         self.woken_in = tick + 1;
         true
+    }
+
+    /// The subscriber's task waits with nothing under way: a write of the
+    /// tick's (or the prompt writer's) would be the next on its socket.
+    fn tick_may_write(&self) -> bool {
+        self.waiting && !self.flush && self.ended.is_none()
     }
 
     /// Its own among a lane's events: none unless it reads that lane.
@@ -335,7 +341,7 @@ impl Mailbox {
             return Pushed::Deferred;
         }
         state.woken_in = tick.unwrap_or_default();
-        if tick.is_some() && state.waiting && !state.flush && self.outlet.get().is_some() {
+        if tick.is_some() && state.tick_may_write() && self.outlet.get().is_some() {
             // Later events of the tick join this one until the prompt
             // writer takes them, as they would for a tick under way.
             state.deferred = true;
