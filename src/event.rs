@@ -271,8 +271,13 @@ impl Event {
     /// Event `1-<seq>` on topic `t`, its data the number `seq`, stamped
     /// now.
     pub fn sample(seq: u64) -> std::sync::Arc<Event> {
+        Event::sample_on(seq, "t")
+    }
+
+    /// The same on `topic`.
+    pub fn sample_on(seq: u64, topic: &str) -> std::sync::Arc<Event> {
         let new = NewEvent {
-            topic: "t".into(),
+            topic: topic.into(),
             kind: None,
             data: RawValue::from_string(seq.to_string()).expect("a number is JSON"),
             key: None,

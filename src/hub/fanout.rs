@@ -1067,6 +1067,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lane_that_spills_during_a_pass_gives_the_readers_after_it_the_events_in_flight() {
+        let fanout = Arc::new(ticking(Duration::from_secs(10)));
+        let (first, first_outlet) = noted(&fanout, &["t"], 2);
+        let (second, second_outlet) = noted(&fanout, &["t"], 2);
+        fanout.dispatch(&[Event::sample(1)]);
+        assert_eq!(taken(&first.mailbox), [1]);
+        assert_eq!(taken(&second.mailbox), [1]);
+        fanout.dispatch(&[Event::sample(2)]);
+        // While the tick writes 2 to the first reader, two more events
+        // fill the lane (room for 2): it spills into the mailboxes.
+        let during = fanout.clone();
+        *first_outlet.during.lock() = Some(Box::new(move || {
+            during.dispatch(&[Event::sample(3), Event::sample(4)]);
+        }));
+        fanout.tick(&mut TickScratch::default());
+        assert_eq!(*first_outlet.written.lock(), [2]);
+        assert_eq!(taken(&first.mailbox), [3, 4]);
+        let second_got = [second_outlet.written.lock().clone(), taken(&second.mailbox)].concat();
+        assert_eq!(
+            second_got,
+            [2, 3, 4],
+            "2 was in flight, not yet written to it"
+        );
+    }
+
+    #[test]
     fn the_prompt_writer_writes_a_tick_s_first_event_for_the_subscribers_that_wait() {
         let fanout = ticking(Duration::from_secs(10));
         let (waiting, outlet) = noted(&fanout, &["t"], 10);

@@ -179,10 +179,19 @@ impl Lane {
         Some(route)
     }
 
-    /// Empties the lane into `into` for [`Route::Spill`], and gives its
-    /// readers. It stays on the tick's list.
+    /// Empties the lane into `into` (empty) for [`Route::Spill`], after
+    /// the events a tick under way is writing, and gives its readers. It
+    /// stays on the tick's list.
+    ///
+    /// The events in flight come first because the readers the tick has
+    /// not come to yet were not given them: handed the waiting events
+    /// alone, those readers would count everything before them as given,
+    /// and the tick would then skip them, a silent gap. Each reader's
+    /// mailbox takes only its own of these ([`Mailbox::own`]), so a reader
+    /// the tick has written to gets none twice.
     pub fn spill(&mut self, into: &mut Vec<Queued>) -> &[Recipient] {
-        std::mem::swap(&mut *self.pending.lock(), into);
+        into.extend(self.in_flight.lock().iter().map(Queued::again));
+        into.append(&mut self.pending.lock());
         &self.readers
     }
 

@@ -14,6 +14,8 @@
 
 mod clock;
 pub mod fanout;
+#[cfg(test)]
+mod fanout_model;
 mod feed;
 mod history;
 mod lane;

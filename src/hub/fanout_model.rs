@@ -1,0 +1,416 @@
+//! A model test of the fan-out as a whole: random sequences of
+//! subscriptions, publishes, write ticks, prompt writes and subscriber
+//! tasks, after which every subscriber must have received exactly the
+//! events that matched its topics when they were dispatched, each once and
+//! in id order (a prefix of them, for one cut off as too slow or gone).
+//!
+//! Why: each of the fan-out's shortcuts (write coalescing, the tick's and
+//! the prompt writer's writes through outlets, lanes with their catch-up,
+//! hand-over and spill) has tests of its own, written for the cases its
+//! author thought of. Together they make a state machine per subscriber
+//! that no one can enumerate by hand; this test walks it at random.
+//!
+//! Everything runs on the test's thread, so a run is repeatable. What
+//! happens while a pass writes (a publish, a topic change, a task woken by
+//! something else) is an operation run from inside the pass's first write,
+//! as a thread of the hub's would interleave it. A task runs only when its
+//! waker was woken, or when it was busy writing and comes back, as an
+//! executor would run it: a lost wake-up shows up as missing events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use proptest::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use super::fanout::{ClientInfo, Fanout, TickScratch};
+use super::mailbox::{Mailbox, Taken};
+use super::outlet::{LastChunk, Outlet, Source, Wrote};
+use crate::event::{Event, EventId};
+use crate::metrics::Metrics;
+use crate::topic::TopicFilter;
+
+const TOPICS: [&str; 3] = ["x/a", "x/b", "y/c"];
+
+/// What a subscriber subscribes to: one topic (a lane's reader), two, or
+/// a pattern.
+#[derive(Debug, Clone)]
+enum Topics {
+    One(usize),
+    Two(usize, usize),
+    Pattern(&'static str),
+}
+
+impl Topics {
+    fn filter(&self) -> Arc<TopicFilter> {
+        let names: Vec<&str> = match self {
+            Topics::One(a) => vec![TOPICS[*a]],
+            Topics::Two(a, b) => vec![TOPICS[*a], TOPICS[*b]],
+            Topics::Pattern(pattern) => vec![pattern],
+        };
+        Arc::new(TopicFilter::parse(names, 10).expect("valid topics"))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A new subscriber; its task waits on its mailbox at once, or first
+    /// replays for a while (busy); its connection has an outlet or not
+    /// (TLS).
+    Subscribe {
+        topics: Topics,
+        waits: bool,
+        outlet: bool,
+        buffer: usize,
+    },
+    /// Sixteen subscribers of one topic that wait, with outlets: enough
+    /// for a pass through its lane to catch up with the events published
+    /// meanwhile (every 16 readers).
+    Crowd(usize),
+    /// One dispatch of events on these topics.
+    Publish(Vec<usize>),
+    Tick,
+    Prompt,
+    /// The tasks whose wakers were woken run, and the busy ones finish.
+    RunTasks,
+    /// A subscriber's task is woken by something else (a keep-alive, a
+    /// WebSocket command): it takes what it has, and is busy writing it.
+    Interrupt(usize),
+    /// A WebSocket session changes its topics.
+    Refilter(usize, Topics),
+    Leave(usize),
+    /// The next tick runs this operation from inside its first write.
+    DuringTick(Box<Op>),
+}
+
+/// A waker that notes that it was woken.
+#[derive(Default)]
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What happens inside a pass's first write.
+type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
+/// A connection's socket: notes the events written to it.
+struct Socket {
+    received: Arc<Mutex<Vec<u64>>>,
+    hook: Hook,
+}
+
+impl Outlet for Socket {
+    fn write_through(
+        &self,
+        mailbox: &Mailbox,
+        tick: u64,
+        mut source: Source<'_>,
+        _: &mut LastChunk,
+    ) -> Wrote {
+        let Some(batch) = source.take(mailbox, tick) else {
+            return Wrote::Nothing;
+        };
+        let seqs = batch.iter().map(|queued| queued.event.id.seq);
+        self.received.lock().extend(seqs);
+        source.done();
+        let hook = self.hook.lock().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        Wrote::All
+    }
+}
+
+struct Subscriber {
+    id: u64,
+    mailbox: Arc<Mailbox>,
+    filter: Arc<TopicFilter>,
+    woken: Arc<Flag>,
+    /// Its task took events and writes them: it polls again when done.
+    busy: bool,
+    /// Unregistered, or its mailbox ended (cut off).
+    gone: bool,
+    expected: Vec<u64>,
+    /// What its task and the outlet wrote, in order.
+    received: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Subscriber {
+    /// Runs its task: takes and "writes" everything, until it waits.
+    fn run(&mut self) {
+        self.busy = false;
+        let waker = Waker::from(self.woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = Vec::new();
+        while let Poll::Ready(taken) = self.mailbox.poll_take(&mut cx, &mut batch) {
+            if !self.record(taken, &mut batch) {
+                return;
+            }
+        }
+    }
+
+    /// Notes what the task took; false if the mailbox ended.
+    fn record(&mut self, taken: Taken, batch: &mut Vec<super::mailbox::Queued>) -> bool {
+        let seqs = batch.drain(..).map(|queued| queued.event.id.seq);
+        self.received.lock().extend(seqs);
+        if let Taken::Ended(_) = taken {
+            self.gone = true;
+        }
+        !self.gone
+    }
+}
+
+struct World {
+    fanout: Arc<Fanout>,
+    subscribers: Vec<Subscriber>,
+    next_seq: u64,
+    hook: Hook,
+}
+
+impl World {
+    fn new(write_delay: Duration) -> Self {
+        World {
+            fanout: Arc::new(Fanout::new(
+                EventId::ZERO,
+                Arc::new(Metrics::new("memory")),
+                write_delay,
+            )),
+            subscribers: Vec::new(),
+            next_seq: 1,
+            hook: Hook::default(),
+        }
+    }
+
+    fn pick(&mut self, index: usize) -> Option<&mut Subscriber> {
+        let live = self.subscribers.iter().filter(|s| !s.gone).count();
+        if live == 0 {
+            return None;
+        }
+        self.subscribers
+            .iter_mut()
+            .filter(|s| !s.gone)
+            .nth(index % live)
+    }
+}
+
+/// Runs `op` on the world. Ticks and prompt writes are run without the
+/// world's lock, which their writes' hooks take.
+fn apply(world: &Arc<Mutex<World>>, op: Op) {
+    match op {
+        Op::Tick | Op::Prompt => {
+            let fanout = world.lock().fanout.clone();
+            let scratch = &mut TickScratch::default();
+            if matches!(op, Op::Tick) {
+                fanout.tick(scratch);
+            } else {
+                fanout.write_prompt(scratch);
+            }
+        }
+        Op::DuringTick(inner) => {
+            let hook = world.lock().hook.clone();
+            let during = world.clone();
+            *hook.lock() = Some(Box::new(move || apply(&during, *inner)));
+            apply(world, Op::Tick);
+            // Not run if the tick wrote nothing: then it is dropped.
+            hook.lock().take();
+        }
+        op => apply_locked(&mut world.lock(), op),
+    }
+}
+
+fn apply_locked(world: &mut World, op: Op) {
+    match op {
+        Op::Subscribe {
+            topics,
+            waits,
+            outlet,
+            buffer,
+        } => {
+            let filter = topics.filter();
+            let registration = world.fanout.register(
+                filter.clone(),
+                ClientInfo::sample(),
+                buffer,
+                CancellationToken::new(),
+            );
+            let received = Arc::new(Mutex::new(Vec::new()));
+            if outlet {
+                registration.mailbox.set_outlet(Arc::new(Socket {
+                    received: received.clone(),
+                    hook: world.hook.clone(),
+                }));
+            }
+            let mut subscriber = Subscriber {
+                id: registration.id,
+                mailbox: registration.mailbox,
+                filter,
+                woken: Arc::default(),
+                busy: !waits,
+                gone: false,
+                expected: Vec::new(),
+                received,
+            };
+            if waits {
+                subscriber.run();
+            }
+            world.subscribers.push(subscriber);
+        }
+        Op::Crowd(topic) => {
+            for _ in 0..16 {
+                let subscribe = Op::Subscribe {
+                    topics: Topics::One(topic),
+                    waits: true,
+                    outlet: true,
+                    buffer: 1000,
+                };
+                apply_locked(world, subscribe);
+            }
+        }
+        Op::Publish(topics) => {
+            let events: Vec<Arc<Event>> = topics
+                .iter()
+                .map(|&topic| {
+                    let seq = world.next_seq;
+                    world.next_seq += 1;
+                    Event::sample_on(seq, TOPICS[topic])
+                })
+                .collect();
+            for subscriber in world.subscribers.iter_mut().filter(|s| !s.gone) {
+                let matching = events
+                    .iter()
+                    .filter(|e| subscriber.filter.matches(&e.topic));
+                subscriber
+                    .expected
+                    .extend(matching.map(|event| event.id.seq));
+            }
+            world.fanout.dispatch(&events);
+        }
+        Op::RunTasks => {
+            for subscriber in world.subscribers.iter_mut().filter(|s| !s.gone) {
+                if subscriber.woken.0.swap(false, Ordering::SeqCst) || subscriber.busy {
+                    subscriber.run();
+                }
+            }
+        }
+        Op::Interrupt(index) => {
+            if let Some(subscriber) = world.pick(index) {
+                let waker = Waker::from(subscriber.woken.clone());
+                let mut cx = Context::from_waker(&waker);
+                let mut batch = Vec::new();
+                if let Poll::Ready(taken) = subscriber.mailbox.poll_take(&mut cx, &mut batch) {
+                    subscriber.busy = subscriber.record(taken, &mut batch);
+                }
+            }
+        }
+        Op::Refilter(index, topics) => {
+            let fanout = world.fanout.clone();
+            if let Some(subscriber) = world.pick(index) {
+                subscriber.filter = topics.filter();
+                fanout.set_filter(subscriber.id, subscriber.filter.clone());
+            }
+        }
+        Op::Leave(index) => {
+            let fanout = world.fanout.clone();
+            if let Some(subscriber) = world.pick(index) {
+                fanout.unregister(subscriber.id);
+                subscriber.gone = true;
+            }
+        }
+        Op::Tick | Op::Prompt | Op::DuringTick(_) => unreachable!("applied without the lock"),
+    }
+}
+
+/// Ticks, prompt writes and tasks until everything queued is out.
+fn drain(world: &Arc<Mutex<World>>) {
+    for _ in 0..4 {
+        apply(world, Op::Prompt);
+        apply(world, Op::Tick);
+        apply(world, Op::RunTasks);
+    }
+}
+
+fn topics() -> impl Strategy<Value = Topics> {
+    prop_oneof![
+        3 => (0..TOPICS.len()).prop_map(Topics::One),
+        1 => (0..TOPICS.len(), 0..TOPICS.len()).prop_map(|(a, b)| Topics::Two(a, b)),
+        1 => prop_oneof![Just("x/*"), Just("**")].prop_map(Topics::Pattern),
+    ]
+}
+
+/// An operation that may run inside a pass.
+fn during() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        prop::collection::vec(0..TOPICS.len(), 1..4).prop_map(Op::Publish),
+        (any::<usize>(), topics()).prop_map(|(i, t)| Op::Refilter(i, t)),
+        any::<usize>().prop_map(Op::Interrupt),
+        any::<usize>().prop_map(Op::Leave),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let subscribe = (
+        topics(),
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![2..6usize, Just(1000)],
+    )
+        .prop_map(|(topics, waits, outlet, buffer)| Op::Subscribe {
+            topics,
+            waits,
+            outlet,
+            buffer,
+        });
+    prop_oneof![
+        3 => subscribe,
+        1 => (0..TOPICS.len()).prop_map(Op::Crowd),
+        8 => prop::collection::vec(0..TOPICS.len(), 1..4).prop_map(Op::Publish),
+        3 => Just(Op::Tick),
+        2 => Just(Op::Prompt),
+        3 => Just(Op::RunTasks),
+        1 => any::<usize>().prop_map(Op::Interrupt),
+        1 => (any::<usize>(), topics()).prop_map(|(i, t)| Op::Refilter(i, t)),
+        1 => any::<usize>().prop_map(Op::Leave),
+        2 => during().prop_map(|op| Op::DuringTick(Box::new(op))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn every_subscriber_gets_what_matched_once_and_in_order(
+        ops in prop::collection::vec(op(), 1..80),
+        ticking in any::<bool>(),
+    ) {
+        // Ticks far apart: no pass is ever late on the clock. Without a
+        // delay, every event wakes its subscribers (and the tick has
+        // nothing to do).
+        let delay = if ticking { Duration::from_secs(60) } else { Duration::ZERO };
+        let world = Arc::new(Mutex::new(World::new(delay)));
+        for op in ops {
+            apply(&world, op);
+        }
+        drain(&world);
+        for subscriber in &world.lock().subscribers {
+            let received = subscriber.received.lock().clone();
+            if subscriber.gone {
+                prop_assert!(
+                    subscriber.expected.starts_with(&received),
+                    "subscriber {} (gone) received {:?}, expected a prefix of {:?}",
+                    subscriber.id, received, subscriber.expected
+                );
+            } else {
+                prop_assert_eq!(
+                    &received, &subscriber.expected,
+                    "subscriber {} ({:?})", subscriber.id, subscriber.filter.listed().collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+}
