@@ -84,6 +84,8 @@ enum Op {
     Leave(usize),
     /// The next tick runs this operation from inside its first write.
     DuringTick(Box<Op>),
+    /// The sockets fill up (true), or have room again.
+    Clog(bool),
 }
 
 /// A waker that notes that it was woken.
@@ -99,10 +101,24 @@ impl Wake for Flag {
 /// What happens inside a pass's first write.
 type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
 
-/// A connection's socket: notes the events written to it.
+/// A connection's socket: notes the events written to it. While the
+/// sockets are clogged, a write puts out the first half of its batch
+/// only, and leaves the rest for the task ([`Wrote::Part`]), as a full
+/// socket does.
 struct Socket {
     received: Arc<Mutex<Vec<u64>>>,
     hook: Hook,
+    clogged: Arc<AtomicBool>,
+    /// What a partial write left, for the task to write first.
+    leftover: Mutex<Vec<u64>>,
+}
+
+impl Socket {
+    /// The task writes what the tick left before anything of its own.
+    fn write_leftover(&self) {
+        let leftover = std::mem::take(&mut *self.leftover.lock());
+        self.received.lock().extend(leftover);
+    }
 }
 
 impl Outlet for Socket {
@@ -113,17 +129,26 @@ impl Outlet for Socket {
         mut source: Source<'_>,
         _: &mut LastChunk,
     ) -> Wrote {
+        if !self.leftover.lock().is_empty() {
+            return Wrote::Nothing;
+        }
         let Some(batch) = source.take(mailbox, tick) else {
             return Wrote::Nothing;
         };
-        let seqs = batch.iter().map(|queued| queued.event.id.seq);
-        self.received.lock().extend(seqs);
+        let mut seqs: Vec<u64> = batch.iter().map(|queued| queued.event.id.seq).collect();
         source.done();
+        let wrote = if self.clogged.load(Ordering::SeqCst) {
+            *self.leftover.lock() = seqs.split_off(seqs.len() / 2);
+            Wrote::Part
+        } else {
+            Wrote::All
+        };
+        self.received.lock().extend(seqs);
         let hook = self.hook.lock().take();
         if let Some(hook) = hook {
             hook();
         }
-        Wrote::All
+        wrote
     }
 }
 
@@ -132,6 +157,7 @@ struct Subscriber {
     mailbox: Arc<Mailbox>,
     filter: Arc<TopicFilter>,
     woken: Arc<Flag>,
+    socket: Option<Arc<Socket>>,
     /// Its task took events and writes them: it polls again when done.
     busy: bool,
     /// Unregistered, or its mailbox ended (cut off).
@@ -155,8 +181,11 @@ impl Subscriber {
         }
     }
 
-    /// Notes what the task took; false if the mailbox ended.
+    /// Notes what the task took and wrote; false if the mailbox ended.
     fn record(&mut self, taken: Taken, batch: &mut Vec<super::mailbox::Queued>) -> bool {
+        if let Some(socket) = &self.socket {
+            socket.write_leftover();
+        }
         let seqs = batch.drain(..).map(|queued| queued.event.id.seq);
         self.received.lock().extend(seqs);
         if let Taken::Ended(_) = taken {
@@ -171,6 +200,7 @@ struct World {
     subscribers: Vec<Subscriber>,
     next_seq: u64,
     hook: Hook,
+    clogged: Arc<AtomicBool>,
 }
 
 impl World {
@@ -184,6 +214,7 @@ impl World {
             subscribers: Vec::new(),
             next_seq: 1,
             hook: Hook::default(),
+            clogged: Arc::default(),
         }
     }
 
@@ -240,17 +271,23 @@ fn apply_locked(world: &mut World, op: Op) {
                 CancellationToken::new(),
             );
             let received = Arc::new(Mutex::new(Vec::new()));
-            if outlet {
-                registration.mailbox.set_outlet(Arc::new(Socket {
+            let socket = outlet.then(|| {
+                Arc::new(Socket {
                     received: received.clone(),
                     hook: world.hook.clone(),
-                }));
+                    clogged: world.clogged.clone(),
+                    leftover: Mutex::default(),
+                })
+            });
+            if let Some(socket) = &socket {
+                registration.mailbox.set_outlet(socket.clone());
             }
             let mut subscriber = Subscriber {
                 id: registration.id,
                 mailbox: registration.mailbox,
                 filter,
                 woken: Arc::default(),
+                socket,
                 busy: !waits,
                 gone: false,
                 expected: Vec::new(),
@@ -315,6 +352,7 @@ fn apply_locked(world: &mut World, op: Op) {
                 fanout.set_filter(subscriber.id, subscriber.filter.clone());
             }
         }
+        Op::Clog(clogged) => world.clogged.store(clogged, Ordering::SeqCst),
         Op::Leave(index) => {
             let fanout = world.fanout.clone();
             if let Some(subscriber) = world.pick(index) {
@@ -328,6 +366,7 @@ fn apply_locked(world: &mut World, op: Op) {
 
 /// Ticks, prompt writes and tasks until everything queued is out.
 fn drain(world: &Arc<Mutex<World>>) {
+    apply(world, Op::Clog(false));
     for _ in 0..4 {
         apply(world, Op::Prompt);
         apply(world, Op::Tick);
@@ -377,6 +416,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), topics()).prop_map(|(i, t)| Op::Refilter(i, t)),
         1 => any::<usize>().prop_map(Op::Leave),
         2 => during().prop_map(|op| Op::DuringTick(Box::new(op))),
+        1 => any::<bool>().prop_map(Op::Clog),
     ]
 }
 
@@ -386,12 +426,17 @@ proptest! {
     #[test]
     fn every_subscriber_gets_what_matched_once_and_in_order(
         ops in prop::collection::vec(op(), 1..80),
-        ticking in any::<bool>(),
+        delay in prop_oneof![
+            // Ticks far apart: no pass is ever late on the clock.
+            Just(Duration::from_secs(60)),
+            // Every pass late from its 16th subscriber on: the tick and
+            // the prompt writer wake the rest, for their tasks to write.
+            Just(Duration::from_nanos(1)),
+            // No delay: every event wakes its subscribers (and the tick
+            // has nothing to do).
+            Just(Duration::ZERO),
+        ],
     ) {
-        // Ticks far apart: no pass is ever late on the clock. Without a
-        // delay, every event wakes its subscribers (and the tick has
-        // nothing to do).
-        let delay = if ticking { Duration::from_secs(60) } else { Duration::ZERO };
         let world = Arc::new(Mutex::new(World::new(delay)));
         for op in ops {
             apply(&world, op);
