@@ -82,8 +82,11 @@ enum Op {
     /// A WebSocket session changes its topics.
     Refilter(usize, Topics),
     Leave(usize),
-    /// The next tick runs this operation from inside its first write.
-    DuringTick(Box<Op>),
+    /// A pass (`Tick` or `Prompt`) that runs the second operation from
+    /// inside its first write, as another thread of the hub's would
+    /// interleave it: a publish, a new subscriber, a task, the other
+    /// pass.
+    During(Box<Op>, Box<Op>),
     /// The sockets fill up (true), or have room again.
     Clog(bool),
 }
@@ -243,12 +246,12 @@ fn apply(world: &Arc<Mutex<World>>, op: Op) {
                 fanout.write_prompt(scratch);
             }
         }
-        Op::DuringTick(inner) => {
+        Op::During(pass, inner) => {
             let hook = world.lock().hook.clone();
             let during = world.clone();
             *hook.lock() = Some(Box::new(move || apply(&during, *inner)));
-            apply(world, Op::Tick);
-            // Not run if the tick wrote nothing: then it is dropped.
+            apply(world, *pass);
+            // Not run if the pass wrote nothing: then it is dropped.
             hook.lock().take();
         }
         op => apply_locked(&mut world.lock(), op),
@@ -360,7 +363,7 @@ fn apply_locked(world: &mut World, op: Op) {
                 subscriber.gone = true;
             }
         }
-        Op::Tick | Op::Prompt | Op::DuringTick(_) => unreachable!("applied without the lock"),
+        Op::Tick | Op::Prompt | Op::During(..) => unreachable!("applied without the lock"),
     }
 }
 
@@ -382,18 +385,8 @@ fn topics() -> impl Strategy<Value = Topics> {
     ]
 }
 
-/// An operation that may run inside a pass.
-fn during() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        prop::collection::vec(0..TOPICS.len(), 1..4).prop_map(Op::Publish),
-        (any::<usize>(), topics()).prop_map(|(i, t)| Op::Refilter(i, t)),
-        any::<usize>().prop_map(Op::Interrupt),
-        any::<usize>().prop_map(Op::Leave),
-    ]
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let subscribe = (
+fn subscribe() -> impl Strategy<Value = Op> {
+    (
         topics(),
         any::<bool>(),
         any::<bool>(),
@@ -404,9 +397,33 @@ fn op() -> impl Strategy<Value = Op> {
             waits,
             outlet,
             buffer,
-        });
+        })
+}
+
+/// A tick's or a prompt writer's pass with an operation run inside it.
+fn during_a_pass() -> impl Strategy<Value = Op> {
+    let pass = prop_oneof![Just(Op::Tick), Just(Op::Prompt)];
+    pass.prop_flat_map(|pass| {
+        let other = match pass {
+            Op::Tick => Op::Prompt,
+            _ => Op::Tick,
+        };
+        let inner = prop_oneof![
+            3 => prop::collection::vec(0..TOPICS.len(), 1..4).prop_map(Op::Publish),
+            1 => subscribe(),
+            1 => (any::<usize>(), topics()).prop_map(|(i, t)| Op::Refilter(i, t)),
+            1 => any::<usize>().prop_map(Op::Interrupt),
+            1 => any::<usize>().prop_map(Op::Leave),
+            1 => Just(Op::RunTasks),
+            1 => Just(other),
+        ];
+        inner.prop_map(move |inner| Op::During(Box::new(pass.clone()), Box::new(inner)))
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => subscribe,
+        3 => subscribe(),
         1 => (0..TOPICS.len()).prop_map(Op::Crowd),
         8 => prop::collection::vec(0..TOPICS.len(), 1..4).prop_map(Op::Publish),
         3 => Just(Op::Tick),
@@ -415,7 +432,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Interrupt),
         1 => (any::<usize>(), topics()).prop_map(|(i, t)| Op::Refilter(i, t)),
         1 => any::<usize>().prop_map(Op::Leave),
-        2 => during().prop_map(|op| Op::DuringTick(Box::new(op))),
+        3 => during_a_pass(),
         1 => any::<bool>().prop_map(Op::Clog),
     ]
 }
