@@ -220,11 +220,12 @@ impl Deliveries<'_> {
         }
     }
 
-    /// Events of a spilt lane into a reader's mailbox, which wakes it at
-    /// once: the tick is late.
-    fn hand(&mut self, id: u64, mailbox: &Mailbox, events: LaneEvents<'_>) {
+    /// Events of a spilt lane, the first `in_flight` of them a tick's
+    /// under way, into a reader's mailbox, which wakes it at once: the
+    /// tick is late.
+    fn hand(&mut self, id: u64, mailbox: &Mailbox, events: LaneEvents<'_>, in_flight: usize) {
         let tick = self.tick.unwrap_or_default();
-        if mailbox.hand(events, tick) == Pushed::Full {
+        if mailbox.hand_spilt(events, in_flight, tick) == Pushed::Full {
             self.cut_off.push(id);
         }
     }
@@ -404,12 +405,13 @@ impl Fanout {
                     Some(Route::Pending) | None => {}
                     Some(Route::Spill) => {
                         let (lane, mut spilt) = (topic.lane.id(), Vec::new());
-                        for reader in topic.lane.spill(&mut spilt) {
+                        let (readers, in_flight) = topic.lane.spill(&mut spilt);
+                        for reader in readers {
                             let events = LaneEvents {
                                 lane,
                                 events: &spilt,
                             };
-                            to.hand(reader.id, &reader.mailbox, events);
+                            to.hand(reader.id, &reader.mailbox, events, in_flight);
                         }
                     }
                 }
@@ -1071,9 +1073,13 @@ mod tests {
         let fanout = Arc::new(ticking(Duration::from_secs(10)));
         let (first, first_outlet) = noted(&fanout, &["t"], 2);
         let (second, second_outlet) = noted(&fanout, &["t"], 2);
+        let (busy, _) = noted(&fanout, &["t"], 2);
         fanout.dispatch(&[Event::sample(1)]);
         assert_eq!(taken(&first.mailbox), [1]);
         assert_eq!(taken(&second.mailbox), [1]);
+        // The third took its event and is still writing it.
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(busy.mailbox.poll_take(&mut cx, &mut Vec::new()).is_ready());
         fanout.dispatch(&[Event::sample(2)]);
         // While the tick writes 2 to the first reader, two more events
         // fill the lane (room for 2): it spills into the mailboxes.
@@ -1090,6 +1096,12 @@ mod tests {
             [2, 3, 4],
             "2 was in flight, not yet written to it"
         );
+        assert_eq!(
+            fanout.slow_disconnects(),
+            0,
+            "3 events for a busy reader with room for 2: one was in flight"
+        );
+        assert_eq!(taken(&busy.mailbox), [2, 3, 4]);
     }
 
     #[test]

@@ -180,8 +180,8 @@ impl Lane {
     }
 
     /// Empties the lane into `into` (empty) for [`Route::Spill`], after
-    /// the events a tick under way is writing, and gives its readers. It
-    /// stays on the tick's list.
+    /// the events a tick under way is writing, and gives its readers and
+    /// how many of `into` were in flight. It stays on the tick's list.
     ///
     /// The events in flight come first because the readers the tick has
     /// not come to yet were not given them: handed the waiting events
@@ -189,10 +189,11 @@ impl Lane {
     /// and the tick would then skip them, a silent gap. Each reader's
     /// mailbox takes only its own of these ([`Mailbox::own`]), so a reader
     /// the tick has written to gets none twice.
-    pub fn spill(&mut self, into: &mut Vec<Queued>) -> &[Recipient] {
+    pub fn spill(&mut self, into: &mut Vec<Queued>) -> (&[Recipient], usize) {
         into.extend(self.in_flight.lock().iter().map(Queued::again));
+        let in_flight = into.len();
         into.append(&mut self.pending.lock());
-        &self.readers
+        (&self.readers, in_flight)
     }
 
     /// For tick `tick`, which starts, if the lane is on its list: its

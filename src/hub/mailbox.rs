@@ -285,13 +285,27 @@ impl Mailbox {
     /// the tick could not write itself. Full, with nothing queued, if they
     /// do not fit (the rule of [`Mailbox::push`]).
     pub fn hand(&self, batch: LaneEvents<'_>, tick: u64) -> Pushed {
+        self.hand_spilt(batch, 0, tick)
+    }
+
+    /// [`Mailbox::hand`] for the events of a lane that spilt, whose first
+    /// `in_flight` are the batch of a tick under way (see `Lane::spill`):
+    /// those do not count against the subscriber's room. A reader the
+    /// tick has not come to yet gets them on top of the lane's waiting
+    /// events, up to twice its capacity at once; the hub's lateness put
+    /// them there, not the reader's, which is judged as it would have
+    /// been without them.
+    pub fn hand_spilt(&self, batch: LaneEvents<'_>, in_flight: usize, tick: u64) -> Pushed {
         let mut state = self.state.lock();
         let events = state.own(batch);
         if state.ended.is_some() || events.is_empty() {
             return Pushed::Queued;
         }
-        let queued = state.events.len() + events.len();
-        if queued > self.capacity && (!state.waiting || queued > LATE_ROOM * self.capacity) {
+        // Its own are the last of the batch: those before the waiting ones
+        // were in flight.
+        let waiting_ones = batch.events.len() - in_flight;
+        let counted = state.events.len() + events.len().min(waiting_ones);
+        if counted > self.capacity && (!state.waiting || counted > LATE_ROOM * self.capacity) {
             return Pushed::Full;
         }
         state.given(events);
@@ -569,6 +583,31 @@ mod tests {
         assert_eq!(mailbox.own(of(7, &lane)).len(), 0, "it reads no lane");
         assert_eq!(mailbox.hand(of(7, &lane), 4), Pushed::Queued);
         assert!(mailbox.poll_take(&mut cx, &mut batch).is_pending());
+    }
+
+    #[test]
+    fn a_spilt_lane_s_events_in_flight_do_not_count_against_a_busy_reader() {
+        let mailbox = Mailbox::new(2);
+        mailbox.read_lane_after(7, EventId::ZERO);
+        // Its task has never waited: it is busy (replaying, writing).
+        let lane: Vec<Queued> = (1..=4).map(queued).collect();
+        let events = LaneEvents {
+            lane: 7,
+            events: &lane,
+        };
+        assert_eq!(mailbox.hand(events, 1), Pushed::Full, "4 > its capacity");
+        assert_eq!(
+            mailbox.hand_spilt(events, 2, 1),
+            Pushed::Queued,
+            "2 in flight, and 2 waiting in the lane"
+        );
+        assert_eq!(mailbox.queue_size(), 4);
+        let more = [queued(5)];
+        let events = LaneEvents {
+            lane: 7,
+            events: &more,
+        };
+        assert_eq!(mailbox.hand_spilt(events, 0, 1), Pushed::Full, "then 5 > 2");
     }
 
     #[test]
