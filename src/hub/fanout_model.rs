@@ -35,13 +35,14 @@ use crate::topic::TopicFilter;
 
 const TOPICS: [&str; 3] = ["x/a", "x/b", "y/c"];
 
-/// What a subscriber subscribes to: one topic (a lane's reader), two, or
-/// a pattern.
+/// What a subscriber subscribes to: one topic (a lane's reader), two, a
+/// pattern, or nothing (a WebSocket session that unsubscribed from all).
 #[derive(Debug, Clone)]
 enum Topics {
     One(usize),
     Two(usize, usize),
     Pattern(&'static str),
+    Nothing,
 }
 
 impl Topics {
@@ -50,6 +51,7 @@ impl Topics {
             Topics::One(a) => vec![TOPICS[*a]],
             Topics::Two(a, b) => vec![TOPICS[*a], TOPICS[*b]],
             Topics::Pattern(pattern) => vec![pattern],
+            Topics::Nothing => return Arc::default(),
         };
         Arc::new(TopicFilter::parse(names, 10).expect("valid topics"))
     }
@@ -382,6 +384,7 @@ fn topics() -> impl Strategy<Value = Topics> {
         3 => (0..TOPICS.len()).prop_map(Topics::One),
         1 => (0..TOPICS.len(), 0..TOPICS.len()).prop_map(|(a, b)| Topics::Two(a, b)),
         1 => prop_oneof![Just("x/*"), Just("**")].prop_map(Topics::Pattern),
+        1 => Just(Topics::Nothing),
     ]
 }
 
