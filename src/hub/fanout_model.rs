@@ -479,3 +479,152 @@ proptest! {
         }
     }
 }
+
+/// Wakes a task that runs on a thread of its own.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The same check with the hub's threads for real: a publisher, the write
+/// tick, the prompt writer and a thread per subscriber's task, racing as
+/// they do in the hub. What the model's hooks interleave at a pass's
+/// writes only, this interleaves anywhere; a lost wake-up leaves a task
+/// parked for good, and its events missing.
+#[test]
+fn every_subscriber_gets_what_matched_with_real_threads() {
+    use std::thread;
+    use std::time::Instant;
+
+    let delay = Duration::from_millis(1);
+    let fanout = Arc::new(Fanout::new(
+        EventId::ZERO,
+        Arc::new(Metrics::new("memory")),
+        delay,
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let kinds = [
+        Topics::One(0),
+        Topics::One(0),
+        Topics::One(1),
+        Topics::Two(0, 2),
+        Topics::Pattern("x/*"),
+        Topics::Pattern("**"),
+    ];
+    let mut tasks = Vec::new();
+    let mut subscribers = Vec::new();
+    for (n, topics) in kinds.iter().cycle().take(24).enumerate() {
+        let filter = topics.filter();
+        let registration = fanout.register(
+            filter.clone(),
+            ClientInfo::sample(),
+            1_000_000,
+            CancellationToken::new(),
+        );
+        let received = Arc::new(Mutex::new(Vec::new()));
+        // Every other one has an outlet, which the tick and the prompt
+        // writer write through.
+        if n % 2 == 0 {
+            registration.mailbox.set_outlet(Arc::new(Socket {
+                received: received.clone(),
+                hook: Hook::default(),
+                clogged: Arc::default(),
+                leftover: Mutex::default(),
+            }));
+        }
+        let (mailbox, task_received, stop) =
+            (registration.mailbox.clone(), received.clone(), stop.clone());
+        tasks.push(thread::spawn(move || {
+            let waker = Waker::from(Arc::new(Unpark(thread::current())));
+            let mut cx = Context::from_waker(&waker);
+            let mut batch = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match mailbox.poll_take(&mut cx, &mut batch) {
+                    Poll::Ready(_) => {
+                        let seqs = batch.drain(..).map(|queued| queued.event.id.seq);
+                        task_received.lock().extend(seqs);
+                    }
+                    // Only a wake-up (or the end) brings it back.
+                    Poll::Pending => thread::park(),
+                }
+            }
+        }));
+        subscribers.push((filter, received, Vec::new()));
+    }
+    let ticking = {
+        let (fanout, stop) = (fanout.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut scratch = TickScratch::default();
+            while !stop.load(Ordering::SeqCst) {
+                thread::sleep(delay);
+                fanout.tick(&mut scratch);
+            }
+        })
+    };
+    let prompting = {
+        let (fanout, stop) = (fanout.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut scratch = TickScratch::default();
+            while !stop.load(Ordering::SeqCst) {
+                if !fanout.write_prompt(&mut scratch) {
+                    thread::park();
+                }
+            }
+        })
+    };
+    fanout.set_prompt_writer(prompting.thread().clone());
+
+    let mut seq = 0;
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..4_000 {
+        let events: Vec<Arc<Event>> = (0..rng.usize(1..4))
+            .map(|_| {
+                seq += 1;
+                Event::sample_on(seq, TOPICS[rng.usize(0..TOPICS.len())])
+            })
+            .collect();
+        for (filter, _, expected) in &mut subscribers {
+            let matching = events.iter().filter(|e| filter.matches(&e.topic));
+            expected.extend(matching.map(|event| event.id.seq));
+        }
+        fanout.dispatch(&events);
+        if rng.usize(0..50) == 0 {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+    // Every event reaches its subscribers within a few ticks, unless a
+    // wake-up was lost.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let all_there = || {
+        subscribers
+            .iter()
+            .all(|(_, received, expected)| received.lock().len() >= expected.len())
+    };
+    while !all_there() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    prompting.thread().unpark();
+    for task in &tasks {
+        task.thread().unpark();
+    }
+    for thread in tasks.into_iter().chain([ticking, prompting]) {
+        thread.join().expect("no thread panicked");
+    }
+    for (n, (filter, received, expected)) in subscribers.iter().enumerate() {
+        let received = received.lock();
+        let topics: Vec<_> = filter.listed().collect();
+        assert_eq!(
+            received.len(),
+            expected.len(),
+            "subscriber {n} ({topics:?}): count"
+        );
+        assert!(
+            *received == *expected,
+            "subscriber {n} ({topics:?}): order or content"
+        );
+    }
+}
