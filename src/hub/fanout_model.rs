@@ -518,10 +518,13 @@ fn every_subscriber_gets_what_matched_with_real_threads() {
     let mut subscribers = Vec::new();
     for (n, topics) in kinds.iter().cycle().take(24).enumerate() {
         let filter = topics.filter();
+        // A third with a small buffer: their lanes spill when the tick is
+        // late, and a busy one may be cut off.
+        let buffer = if n % 3 == 0 { 64 } else { 1_000_000 };
         let registration = fanout.register(
             filter.clone(),
             ClientInfo::sample(),
-            1_000_000,
+            buffer,
             CancellationToken::new(),
         );
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -535,14 +538,23 @@ fn every_subscriber_gets_what_matched_with_real_threads() {
                 leftover: Mutex::default(),
             }));
         }
-        let (mailbox, task_received, stop) =
-            (registration.mailbox.clone(), received.clone(), stop.clone());
+        let ended = Arc::new(AtomicBool::new(false));
+        let (mailbox, task_received, task_ended, stop) = (
+            registration.mailbox.clone(),
+            received.clone(),
+            ended.clone(),
+            stop.clone(),
+        );
         tasks.push(thread::spawn(move || {
             let waker = Waker::from(Arc::new(Unpark(thread::current())));
             let mut cx = Context::from_waker(&waker);
             let mut batch = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 match mailbox.poll_take(&mut cx, &mut batch) {
+                    Poll::Ready(Taken::Ended(_)) => {
+                        task_ended.store(true, Ordering::SeqCst);
+                        return;
+                    }
                     Poll::Ready(_) => {
                         let seqs = batch.drain(..).map(|queued| queued.event.id.seq);
                         task_received.lock().extend(seqs);
@@ -552,7 +564,7 @@ fn every_subscriber_gets_what_matched_with_real_threads() {
                 }
             }
         }));
-        subscribers.push((filter, received, Vec::new()));
+        subscribers.push((filter, received, ended, Vec::new()));
     }
     let ticking = {
         let (fanout, stop) = (fanout.clone(), stop.clone());
@@ -586,22 +598,22 @@ fn every_subscriber_gets_what_matched_with_real_threads() {
                 Event::sample_on(seq, TOPICS[rng.usize(0..TOPICS.len())])
             })
             .collect();
-        for (filter, _, expected) in &mut subscribers {
+        for (filter, _, _, expected) in &mut subscribers {
             let matching = events.iter().filter(|e| filter.matches(&e.topic));
             expected.extend(matching.map(|event| event.id.seq));
         }
         fanout.dispatch(&events);
-        if rng.usize(0..50) == 0 {
-            thread::sleep(Duration::from_micros(200));
+        if rng.usize(0..20) == 0 {
+            thread::sleep(Duration::from_micros(300));
         }
     }
     // Every event reaches its subscribers within a few ticks, unless a
     // wake-up was lost.
     let deadline = Instant::now() + Duration::from_secs(10);
     let all_there = || {
-        subscribers
-            .iter()
-            .all(|(_, received, expected)| received.lock().len() >= expected.len())
+        subscribers.iter().all(|(_, received, ended, expected)| {
+            ended.load(Ordering::SeqCst) || received.lock().len() >= expected.len()
+        })
     };
     while !all_there() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
@@ -614,9 +626,17 @@ fn every_subscriber_gets_what_matched_with_real_threads() {
     for thread in tasks.into_iter().chain([ticking, prompting]) {
         thread.join().expect("no thread panicked");
     }
-    for (n, (filter, received, expected)) in subscribers.iter().enumerate() {
+    for (n, (filter, received, ended, expected)) in subscribers.iter().enumerate() {
         let received = received.lock();
         let topics: Vec<_> = filter.listed().collect();
+        if ended.load(Ordering::SeqCst) {
+            // Cut off as too slow: what it got, it got in order.
+            assert!(
+                expected.starts_with(&received),
+                "subscriber {n} ({topics:?}), cut off: not a prefix"
+            );
+            continue;
+        }
         assert_eq!(
             received.len(),
             expected.len(),
