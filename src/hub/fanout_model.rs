@@ -27,7 +27,7 @@ use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::{ClientInfo, Fanout, TickScratch};
-use super::mailbox::{Mailbox, Taken};
+use super::mailbox::{Mailbox, Queued, Taken};
 use super::outlet::{LastChunk, Outlet, Source, Wrote};
 use crate::event::{Event, EventId};
 use crate::metrics::Metrics;
@@ -187,7 +187,7 @@ impl Subscriber {
     }
 
     /// Notes what the task took and wrote; false if the mailbox ended.
-    fn record(&mut self, taken: Taken, batch: &mut Vec<super::mailbox::Queued>) -> bool {
+    fn record(&mut self, taken: Taken, batch: &mut Vec<Queued>) -> bool {
         if let Some(socket) = &self.socket {
             socket.write_leftover();
         }
