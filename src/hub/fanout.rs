@@ -225,7 +225,7 @@ impl Deliveries<'_> {
     /// tick is late.
     fn hand(&mut self, id: u64, mailbox: &Mailbox, events: LaneEvents<'_>, in_flight: usize) {
         let tick = self.tick.unwrap_or_default();
-        if mailbox.hand_spilt(events, in_flight, tick) == Pushed::Full {
+        if mailbox.hand_owed(events, in_flight, tick) == Pushed::Full {
             self.cut_off.push(id);
         }
     }

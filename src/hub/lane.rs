@@ -133,17 +133,31 @@ impl Lane {
     }
 
     /// Hands a reader that leaves the lane, at tick `tick`, what it was not
-    /// given yet: first the events the tick is writing, then those that
-    /// wait. Else the first of them, if its mailbox cannot take them.
+    /// given yet ([`Lane::owed`]). Else the first of them, if its mailbox
+    /// cannot take them.
     pub fn hand_over(&self, mailbox: &Mailbox, tick: u64) -> Result<(), EventId> {
-        for shared in [&self.in_flight, &self.pending] {
-            let events = shared.lock();
-            let batch = self.events(&events);
-            if mailbox.hand(batch, tick) == Pushed::Full {
-                return Err(mailbox.own(batch)[0].event.id);
-            }
+        let mut owed = Vec::new();
+        let in_flight = self.owed(&mut owed);
+        let batch = self.events(&owed);
+        match mailbox.hand_owed(batch, in_flight, tick) {
+            Pushed::Full => Err(mailbox.own(batch)[0].event.id),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// What the lane may owe a reader, copied into `into` (empty): the
+    /// events a tick under way is writing, then those that wait; returns
+    /// how many were in flight. A reader the tick has not come to yet was
+    /// not given the first: handed the waiting events alone, it would
+    /// count everything before them as given, and the tick would then
+    /// skip them for it, a silent gap. A reader's mailbox takes only its
+    /// own of these ([`Mailbox::own`]), so one the tick has written to
+    /// gets none twice.
+    fn owed(&self, into: &mut Vec<Queued>) -> usize {
+        into.extend(self.in_flight.lock().iter().map(Queued::again));
+        let in_flight = into.len();
+        into.extend(self.pending.lock().iter().map(Queued::again));
+        in_flight
     }
 
     fn events<'e>(&self, events: &'e [Queued]) -> LaneEvents<'e> {
@@ -179,20 +193,12 @@ impl Lane {
         Some(route)
     }
 
-    /// Empties the lane into `into` (empty) for [`Route::Spill`], after
-    /// the events a tick under way is writing, and gives its readers and
-    /// how many of `into` were in flight. It stays on the tick's list.
-    ///
-    /// The events in flight come first because the readers the tick has
-    /// not come to yet were not given them: handed the waiting events
-    /// alone, those readers would count everything before them as given,
-    /// and the tick would then skip them, a silent gap. Each reader's
-    /// mailbox takes only its own of these ([`Mailbox::own`]), so a reader
-    /// the tick has written to gets none twice.
+    /// Empties the lane for [`Route::Spill`]: what it may owe its readers
+    /// goes into `into` ([`Lane::owed`]). Gives its readers and how many
+    /// of `into` were in flight. It stays on the tick's list.
     pub fn spill(&mut self, into: &mut Vec<Queued>) -> (&[Recipient], usize) {
-        into.extend(self.in_flight.lock().iter().map(Queued::again));
-        let in_flight = into.len();
-        into.append(&mut self.pending.lock());
+        let in_flight = self.owed(into);
+        self.pending.lock().clear();
         (&self.readers, in_flight)
     }
 

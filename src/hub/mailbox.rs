@@ -285,17 +285,17 @@ impl Mailbox {
     /// the tick could not write itself. Full, with nothing queued, if they
     /// do not fit (the rule of [`Mailbox::push`]).
     pub fn hand(&self, batch: LaneEvents<'_>, tick: u64) -> Pushed {
-        self.hand_spilt(batch, 0, tick)
+        self.hand_owed(batch, 0, tick)
     }
 
-    /// [`Mailbox::hand`] for the events of a lane that spilt, whose first
-    /// `in_flight` are the batch of a tick under way (see `Lane::spill`):
-    /// those do not count against the subscriber's room. A reader the
-    /// tick has not come to yet gets them on top of the lane's waiting
-    /// events, up to twice its capacity at once; the hub's lateness put
-    /// them there, not the reader's, which is judged as it would have
-    /// been without them.
-    pub fn hand_spilt(&self, batch: LaneEvents<'_>, in_flight: usize, tick: u64) -> Pushed {
+    /// [`Mailbox::hand`] for what a lane owes a reader when it spills or
+    /// the reader leaves it (`Lane::owed`), whose first `in_flight` are
+    /// the batch of a tick under way: those do not count against the
+    /// subscriber's room. A reader the tick has not come to yet gets them
+    /// on top of the lane's waiting events, up to twice its capacity at
+    /// once; the hub's lateness put them there, not the reader's, which
+    /// is judged as it would have been without them.
+    pub fn hand_owed(&self, batch: LaneEvents<'_>, in_flight: usize, tick: u64) -> Pushed {
         let mut state = self.state.lock();
         let events = state.own(batch);
         if state.ended.is_some() || events.is_empty() {
@@ -597,7 +597,7 @@ mod tests {
         };
         assert_eq!(mailbox.hand(events, 1), Pushed::Full, "4 > its capacity");
         assert_eq!(
-            mailbox.hand_spilt(events, 2, 1),
+            mailbox.hand_owed(events, 2, 1),
             Pushed::Queued,
             "2 in flight, and 2 waiting in the lane"
         );
@@ -607,7 +607,7 @@ mod tests {
             lane: 7,
             events: &more,
         };
-        assert_eq!(mailbox.hand_spilt(events, 0, 1), Pushed::Full, "then 5 > 2");
+        assert_eq!(mailbox.hand_owed(events, 0, 1), Pushed::Full, "then 5 > 2");
     }
 
     #[test]
