@@ -43,6 +43,8 @@ use crate::http::errors::ApiError;
 use crate::limits::{Admitted, Refusal};
 use crate::tls::Tls;
 
+mod self_wake;
+
 /// How long open connections get to finish after shutdown starts; the
 /// process must be gone within 5 s of the signal.
 const DRAIN: Duration = Duration::from_millis(3500);
@@ -158,8 +160,8 @@ pub async fn serve(
                 // not carry the room of a TLS one (the rustls state), which
                 // every idle connection would otherwise keep allocated.
                 match server.tls {
-                    None => tokio::spawn(server.clone().plain(io, remote)),
-                    Some(_) => tokio::spawn(server.clone().tls(io, remote)),
+                    None => tokio::spawn(self_wake::serve(server.clone().plain(io, remote))),
+                    Some(_) => tokio::spawn(self_wake::serve(server.clone().tls(io, remote))),
                 };
             }
             Err(refusal) => server.refuse(stream, remote, refusal, &refusing),
