@@ -151,10 +151,12 @@ mod tests {
         assert_eq!(task.0.load(SeqCst), 1, "woken to be polled again later");
     }
 
-    /// Ready once `ready` is set; keeps the waker of its last poll.
+    /// Ready once `ready` is set; keeps the waker of its last poll, and
+    /// takes `slow` more to return `Pending`.
     struct Flagged {
         ready: Arc<AtomicBool>,
         waker: Arc<parking_lot::Mutex<Option<Waker>>>,
+        slow: std::time::Duration,
     }
 
     impl Future for Flagged {
@@ -162,10 +164,13 @@ mod tests {
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
             *self.waker.lock() = Some(cx.waker().clone());
             if self.ready.load(SeqCst) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+                return Poll::Ready(());
             }
+            let begun = std::time::Instant::now();
+            while begun.elapsed() < self.slow {
+                std::hint::spin_loop();
+            }
+            Poll::Pending
         }
     }
 
@@ -176,6 +181,7 @@ mod tests {
         let future = serve(Flagged {
             ready: Arc::clone(&ready),
             waker: Arc::clone(&waker),
+            slow: std::time::Duration::ZERO,
         });
         let mut future = pin!(future);
         assert!(!poll_once(future.as_mut(), &task));
@@ -186,15 +192,18 @@ mod tests {
     }
 
     /// A wake from another thread while the task polls is never lost: the
-    /// poll either sees what the wake announced, or the task is woken.
+    /// poll either sees what the wake announced, or the task is woken. The
+    /// future's polls take 0-3 µs, so that wakes land before, during and
+    /// after them.
     #[test]
     fn a_wake_from_another_thread_during_a_poll_is_not_lost() {
-        for _ in 0..2_000 {
+        for round in 0..2_000 {
             let (ready, waker) = (Arc::<AtomicBool>::default(), Arc::default());
             let task = Arc::new(TaskWakes::default());
             let future = serve(Flagged {
                 ready: Arc::clone(&ready),
                 waker: Arc::clone(&waker),
+                slow: std::time::Duration::from_nanos(round % 4 * 1_000),
             });
             let mut future = pin!(future);
             assert!(!poll_once(future.as_mut(), &task));
