@@ -14,7 +14,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use sluice::auth::Auth;
 use sluice::config::{Config, LogFormat, ServeArgs};
-use sluice::http::AppState;
+use sluice::http::{App, AppState};
 use sluice::hub::Hub;
 use sluice::limits::Limits;
 use sluice::producers::Producers;
@@ -112,13 +112,13 @@ async fn serve(args: ServeArgs, delivery: tokio::runtime::Handle) -> anyhow::Res
     let shutdown = CancellationToken::new();
     let (hub, hub_tasks) = Hub::start(&config, shutdown.clone(), delivery).await?;
     let producers = Producers::start(hub.clone(), &config, shutdown.clone())?;
-    let state = AppState {
+    let state = AppState::new(App {
         hub: hub.clone(),
         config: Arc::new(config.clone()),
         producers: producers.clone(),
         auth: auth.clone(),
         limits: Limits::new(&config),
-    };
+    });
 
     // The banner must not take the hub down if stdout is closed.
     let say = |line: String| {

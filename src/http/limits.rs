@@ -67,11 +67,9 @@ pub async fn request_size(State(state): State<AppState>, request: Request, next:
 /// Counts a publish request against its publisher's allowance
 /// (`publish_rate`) before its body is read: the subject of its token when
 /// it carries one, else its client address. (The token is verified here,
-/// and again by the handler; not at all when there is no limit.)
+/// and again by the handler.) The router adds this layer only when there
+/// is a limit.
 pub async fn publish_rate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.config.publish_rate == 0 {
-        return next.run(request).await;
-    }
     let (mut parts, body) = request.into_parts();
     let caller = match Caller::from_request_parts(&mut parts, &state).await {
         Ok(caller) => caller,

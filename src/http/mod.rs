@@ -23,7 +23,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::Auth;
@@ -32,9 +32,14 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::producers::Producers;
 
-/// What every handler can reach.
+/// What every handler can reach, behind one `Arc`: axum clones the state
+/// for each extractor and each middleware a request goes through, and a
+/// clone is then one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+/// The parts of [`AppState`].
+pub struct App {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
     /// The demo producers, for `/health`; empty without `--demo`.
@@ -44,6 +49,20 @@ pub struct AppState {
     /// Connection and publish counts against their limits, shared with
     /// the accept loop.
     pub limits: Arc<Limits>,
+}
+
+impl AppState {
+    pub fn new(app: App) -> Self {
+        AppState(Arc::new(app))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -60,25 +79,26 @@ impl axum::extract::FromRef<AppState> for Arc<Auth> {
 
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
-    let timed = || from_fn_with_state(state.clone(), metrics::time_publish);
-    let rated = || from_fn_with_state(state.clone(), limits::publish_rate);
+    // A publish is timed, and counted against `publish_rate` when there is
+    // one: without a limit, no layer (each costs a request a boxed future
+    // and a clone of the routes within it).
+    let publishing = |route: MethodRouter<AppState>| {
+        let route = route.route_layer(from_fn_with_state(state.clone(), metrics::time_publish));
+        match state.config.publish_rate {
+            0 => route,
+            _ => route.route_layer(from_fn_with_state(state.clone(), limits::publish_rate)),
+        }
+    };
     Router::new()
         .route("/", get(admin::index))
         .route("/health", get(admin::health))
         .route("/metrics", get(metrics::metrics))
         .route("/clients", get(admin::clients))
         .route("/topics", get(admin::topics))
-        .route(
-            "/publish",
-            post(publish::publish)
-                .route_layer(timed())
-                .route_layer(rated()),
-        )
+        .route("/publish", publishing(post(publish::publish)))
         .route(
             "/topics/{*topic}",
-            post(publish::publish_to_topic)
-                .route_layer(timed())
-                .route_layer(rated()),
+            publishing(post(publish::publish_to_topic)),
         )
         .route("/stream", get(subscribe::stream))
         .route("/sse/{*topic}", get(subscribe::sse_path))
