@@ -123,32 +123,30 @@ mod tests {
         future.poll(&mut Context::from_waker(&waker)).is_ready()
     }
 
-    #[test]
-    fn a_wake_during_the_poll_is_a_poll_again_not_a_wake_of_the_task() {
+    /// One poll of a future that wakes itself during its first
+    /// `self_wakes` polls: whether it was ready, how many times it was
+    /// polled, and how many wakes reached the task.
+    fn poll_one_that_wakes_itself(self_wakes: usize) -> (bool, usize, usize) {
         let polls = Arc::new(AtomicUsize::new(0));
         let task = Arc::new(TaskWakes::default());
         let future = serve(WakesItself {
-            self_wakes: 1,
+            self_wakes,
             polls: polls.clone(),
         });
-        let mut future = pin!(future);
-        assert!(poll_once(future.as_mut(), &task), "ready in one poll");
-        assert_eq!(polls.load(SeqCst), 2);
-        assert_eq!(task.0.load(SeqCst), 0, "the task was not woken");
+        let ready = poll_once(pin!(future), &task);
+        (ready, polls.load(SeqCst), task.0.load(SeqCst))
+    }
+
+    #[test]
+    fn a_wake_during_the_poll_is_a_poll_again_not_a_wake_of_the_task() {
+        // Ready in one poll of the task, which was not woken.
+        assert_eq!(poll_one_that_wakes_itself(1), (true, 2, 0));
     }
 
     #[test]
     fn a_future_that_keeps_waking_itself_yields_to_the_scheduler() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let task = Arc::new(TaskWakes::default());
-        let future = serve(WakesItself {
-            self_wakes: 10,
-            polls: polls.clone(),
-        });
-        let mut future = pin!(future);
-        assert!(!poll_once(future.as_mut(), &task));
-        assert_eq!(polls.load(SeqCst), AGAIN + 1);
-        assert_eq!(task.0.load(SeqCst), 1, "woken to be polled again later");
+        // Woken once, to be polled again later.
+        assert_eq!(poll_one_that_wakes_itself(10), (false, AGAIN + 1, 1));
     }
 
     /// Ready once `ready` is set; keeps the waker of its last poll, and
