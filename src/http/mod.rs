@@ -55,6 +55,10 @@ impl AppState {
     pub fn new(app: App) -> Self {
         AppState(Arc::new(app))
     }
+
+    fn max_body(&self) -> usize {
+        usize::try_from(self.config.max_body.as_u64()).unwrap_or(usize::MAX)
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -62,12 +66,6 @@ impl std::ops::Deref for AppState {
 
     fn deref(&self) -> &App {
         &self.0
-    }
-}
-
-impl AppState {
-    fn max_body(&self) -> usize {
-        usize::try_from(self.config.max_body.as_u64()).unwrap_or(usize::MAX)
     }
 }
 
