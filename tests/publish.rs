@@ -526,3 +526,53 @@ async fn bad_input_loses_nothing_and_breaks_nothing() {
     let (status, health) = hub.get_json("/health").await;
     assert_eq!((status, &health["status"]), (200, &json!("healthy")));
 }
+
+/// HTTP/1.1 pipelining: publishes written back to back on one connection,
+/// before any answer is read, are all answered, in order. hyper's
+/// connection yields after 16 requests in one go by waking its own task,
+/// which the hub's connection task passes to the scheduler after polling
+/// it again at most twice (`server/self_wake.rs`): the rest must still be
+/// served.
+#[tokio::test]
+async fn pipelined_publishes_on_one_connection_are_all_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let hub = Hub::start(&[]).await;
+    let address = hub.url.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    const N: usize = 100;
+    let mut requests = Vec::new();
+    for n in 0..N {
+        let body = json!({"topic": "pipelined", "data": n}).to_string();
+        requests.extend_from_slice(
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    socket.write_all(&requests).await.unwrap();
+
+    let mut answers = String::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let answered = |answers: &str| answers.matches("HTTP/1.1 ").count();
+    tokio::time::timeout(WAIT, async {
+        while answered(&answers) < N || !answers.ends_with('}') {
+            let read = socket.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the hub closed the connection: {answers}");
+            answers.push_str(std::str::from_utf8(&buffer[..read]).unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {N} answered", answered(&answers)));
+    assert_eq!(answers.matches("HTTP/1.1 201 ").count(), N, "{answers}");
+    let ids: Vec<(u64, u64)> = answers
+        .split("\"id\":\"")
+        .skip(1)
+        .map(|rest| id_order(rest.split('"').next().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), N);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+}
