@@ -527,24 +527,25 @@ async fn bad_input_loses_nothing_and_breaks_nothing() {
     assert_eq!((status, &health["status"]), (200, &json!("healthy")));
 }
 
-/// HTTP/1.1 pipelining: publishes written back to back on one connection,
+/// HTTP/1.1 pipelining: requests written back to back on one connection,
 /// before any answer is read, are all answered, in order. hyper's
 /// connection yields after 16 requests in one go by waking its own task,
-/// which the hub's connection task passes to the scheduler after polling
-/// it again at most twice (`server/self_wake.rs`): the rest must still be
-/// served.
+/// which the hub's connection task passes on to the scheduler after
+/// polling it again at most twice (`server/self_wake.rs`): the rest must
+/// still be served. Health checks are answered at once, so they come to
+/// that yield; publishes wait for the log in between.
 #[tokio::test]
-async fn pipelined_publishes_on_one_connection_are_all_answered_in_order() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+async fn pipelined_requests_on_one_connection_are_all_answered_in_order() {
     let hub = Hub::start(&[]).await;
-    let address = hub.url.trim_start_matches("http://").to_string();
-    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
     const N: usize = 100;
-    let mut requests = Vec::new();
+    let health = "GET /health HTTP/1.1\r\nHost: sluice\r\n\r\n".repeat(N);
+    let answers = pipelined(&hub, health.as_bytes(), N).await;
+    assert_eq!(answers.matches("HTTP/1.1 200 ").count(), N, "{answers}");
+
+    let mut publishes = Vec::new();
     for n in 0..N {
         let body = json!({"topic": "pipelined", "data": n}).to_string();
-        requests.extend_from_slice(
+        publishes.extend_from_slice(
             format!(
                 "POST /publish HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n\
                  Content-Length: {}\r\n\r\n{body}",
@@ -553,20 +554,7 @@ async fn pipelined_publishes_on_one_connection_are_all_answered_in_order() {
             .as_bytes(),
         );
     }
-    socket.write_all(&requests).await.unwrap();
-
-    let mut answers = String::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    let answered = |answers: &str| answers.matches("HTTP/1.1 ").count();
-    tokio::time::timeout(WAIT, async {
-        while answered(&answers) < N || !answers.ends_with('}') {
-            let read = socket.read(&mut buffer).await.unwrap();
-            assert!(read > 0, "the hub closed the connection: {answers}");
-            answers.push_str(std::str::from_utf8(&buffer[..read]).unwrap());
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} of {N} answered", answered(&answers)));
+    let answers = pipelined(&hub, &publishes, N).await;
     assert_eq!(answers.matches("HTTP/1.1 201 ").count(), N, "{answers}");
     let ids: Vec<(u64, u64)> = answers
         .split("\"id\":\"")
@@ -575,4 +563,28 @@ async fn pipelined_publishes_on_one_connection_are_all_answered_in_order() {
         .collect();
     assert_eq!(ids.len(), N);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+}
+
+/// Writes `requests` on a new connection at once, then reads until `n`
+/// answers (each ending with its JSON body) have come.
+async fn pipelined(hub: &Hub, requests: &[u8], n: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let address = hub.url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    socket.write_all(requests).await.unwrap();
+    let mut answers = String::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let answered = |answers: &str| answers.matches("HTTP/1.1 ").count();
+    let all = async {
+        while answered(&answers) < n || !answers.ends_with('}') {
+            let read = socket.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the hub closed the connection: {answers}");
+            answers.push_str(std::str::from_utf8(&buffer[..read]).unwrap());
+        }
+    };
+    if tokio::time::timeout(WAIT, all).await.is_err() {
+        panic!("{} of {n} answered", answered(&answers));
+    }
+    answers
 }
