@@ -189,8 +189,8 @@ async fn counters_follow_known_traffic() {
     assert_eq!(reply["ok"], true, "{reply}");
     ids.push(reply["id"].as_str().unwrap().to_string());
     ws_bytes += size + ws_events(&mut socket, &ids[2..]).await;
-    // The session counts a frame once it is sent, before it reads the
-    // next command: after this reply, every frame above is counted.
+    // The session counts a frame before it sends it: once this reply is
+    // here, every frame above is counted, the reply too.
     ws_bytes += ws_command(&mut socket, json!({"op": "ping"})).await.1;
 
     // One rejected request.

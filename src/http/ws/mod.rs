@@ -317,6 +317,10 @@ impl Session {
                     (_, Some(outgoing)) => outgoing.len(),
                     _ => 0,
                 };
+                // Counted before the send, as the write tick and the SSE and
+                // NDJSON writers count theirs: a client that received the
+                // frame, then reads `/metrics`, finds it counted.
+                self.presence.sent(bytes);
                 // A stalled peer blocks the send; being cut off ends it, and the
                 // close frame goes out once the peer reads again.
                 let sent = {
@@ -333,7 +337,6 @@ impl Session {
                 };
                 match sent {
                     Some(Ok(())) => {
-                        self.presence.sent(bytes);
                         if outgoing.is_some() {
                             self.give_outlet();
                         }
