@@ -66,14 +66,15 @@ start_sluice() {
   start_sluice_with --storage memory "$@"
 }
 
-# Sluice with other write delays than its default (10ms): without write
-# coalescing (every event woken at once), and with longer delays, to show
-# what a socket write costs and what waiting longer saves.
+# Sluice with other write delays than its default (15ms): without write
+# coalescing (every event woken at once), with the default before session
+# 18 (10ms), and with longer delays, to show what a socket write costs and
+# what waiting longer saves.
 start_sluice_nodelay() {
   start_sluice --write-delay 0
 }
-start_sluice_delay15() {
-  start_sluice --write-delay 15ms
+start_sluice_delay10() {
+  start_sluice --write-delay 10ms
 }
 start_sluice_delay20() {
   start_sluice --write-delay 20ms
@@ -182,7 +183,7 @@ measure() {
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 FANOUT=(fanout --size 100 --duration "$DURATION")
 SSE_1000=("${FANOUT[@]}" --rate 1000 -n 1000 --transport sse)
-measure "1,000 SSE subscribers, 1 topic" sluice,nchan,sluice_nodelay,sluice_delay15,sluice_delay20,sluice_delay40 -- \
+measure "1,000 SSE subscribers, 1 topic" sluice,nchan,sluice_nodelay,sluice_delay10,sluice_delay20,sluice_delay40 -- \
   "${SSE_1000[@]}" --publishers "$PUBLISHERS"
 # The same with other numbers of publishers, and at 6,000 events/s: what
 # each hub delivers when the offered load does not cap it.
@@ -195,9 +196,9 @@ done
 measure "1,000 SSE subscribers, 1 topic, 6,000 events/s, 64 publishers" sluice,nchan -- \
   "${FANOUT[@]}" --rate 6000 -n 1000 --transport sse --publishers 64
 FANOUT+=(--rate 1000 --publishers "$PUBLISHERS")
-measure "1,000 WebSocket subscribers, 1 topic" sluice,nchan,sluice_delay15 -- "${FANOUT[@]}" -n 1000 --transport ws
+measure "1,000 WebSocket subscribers, 1 topic" sluice,nchan,sluice_delay10 -- "${FANOUT[@]}" -n 1000 --transport ws
 # nchan has no NDJSON subscribers.
-measure "1,000 NDJSON subscribers, 1 topic" sluice,sluice_delay15 -- "${FANOUT[@]}" -n 1000 --transport ndjson
+measure "1,000 NDJSON subscribers, 1 topic" sluice,sluice_delay10 -- "${FANOUT[@]}" -n 1000 --transport ndjson
 # 100 of the 10,000 subscribe to every topic: Sluice with the pattern
 # bench/<run>/*, nchan (which has no patterns) with a multiplexed channel of
 # the 100 topics.
