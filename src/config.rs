@@ -111,7 +111,7 @@ pub struct Config {
     ///
     /// 15 ms by default: under one frame of a 60 Hz display, and the
     /// longest delay whose p99 publish-to-receive latency stays under 20 ms
-    /// with room to spare (16-17 ms at 1,000 events/s to 1,000 subscribers
+    /// with room to spare (16-18 ms at 1,000 events/s to 1,000 subscribers
     /// on every host measured since the tick writes lanes), for a third
     /// fewer socket writes than 10 ms, the costliest part of a delivery
     /// (docs/BENCHMARKS.md, "What a write delay buys").
