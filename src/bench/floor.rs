@@ -59,7 +59,7 @@ pub struct FloorArgs {
     /// How long events wait to be written with those that come after
     /// them, as the hub's `--write-delay`; 0 writes each event when it
     /// comes due.
-    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15ms", value_parser = humantime::parse_duration)]
     pub write_delay: Duration,
     /// How long to write.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
