@@ -30,9 +30,9 @@
 //! the subscription's state machines and a vectored write. Writing it
 //! from the prompt writer takes 18-25% off the CPU per delivery of 1,000
 //! subscribers of a topic with 50 events/s (docs/BENCHMARKS-LOG.md,
-//! "Prompt writes"). The thread is not the tick's, whose pass through a busy
-//! topic's readers takes milliseconds: a quiet stream's event would wait
-//! behind it.
+//! "Prompt writes"). The thread is not the tick's, whose pass through a
+//! busy topic's readers takes milliseconds: a quiet stream's event would
+//! wait behind it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -179,8 +179,8 @@ pub struct Fanout {
 /// writes, which cost a wake-up and a poll each besides the write, only
 /// add to the load. With two delays, the 10,000-subscriber row (2 cores,
 /// both busy; docs/BENCHMARKS-LOG.md, "Prompt writes") left most of its
-/// writes to the tasks: 5.8-6.6 µs of hub CPU per delivery, p99 125-169 ms; with ten,
-/// the writer wrote them all: 5.3-5.4 µs, p99 103-137 ms.
+/// writes to the tasks: 5.8-6.6 µs of hub CPU per delivery, p99 125-169
+/// ms; with ten, the writer wrote them all: 5.3-5.4 µs, p99 103-137 ms.
 const PROMPT_BUDGET: u32 = 10;
 
 /// What the write tick (or the prompt writer) keeps from one pass to the

@@ -74,10 +74,10 @@ pub enum Pushed {
 /// by its socket: the hub is then behind, not the reader, and cutting the
 /// reader off would punish it for the hub's lateness. Seen at the start
 /// of a fan-out to 1,000 subscribers at 6,000 events/s on 2 busy cores
-/// (docs/BENCHMARKS-LOG.md, run 8): with a queue of 1,000 events (167 ms of that
-/// stream), half the subscribers were cut off while their sockets had
-/// room; the longest wait with 4,000 was about 300 ms. The room is still
-/// a bound: a subscriber's queue never holds more.
+/// (docs/BENCHMARKS-LOG.md, run 8): with a queue of 1,000 events (167 ms
+/// of that stream), half the subscribers were cut off while their sockets
+/// had room; the longest wait with 4,000 was about 300 ms. The room is
+/// still a bound: a subscriber's queue never holds more.
 pub const LATE_ROOM: usize = 4;
 
 pub struct Mailbox {
