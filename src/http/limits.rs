@@ -17,10 +17,11 @@ use crate::limits::Publisher;
 use crate::server::ConnInfo;
 
 /// Refuses a URL (path and query) longer than `max_url_length` with `414`,
-/// and headers (names and values) larger than `max_header_size` with `431`.
-/// Larger requests still, whose head does not fit hyper's buffer, get the
-/// same status from hyper, without a body.
-pub async fn request_size(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// and headers (names and values) larger than `max_header_size` with `431`,
+/// before the request is routed (`super::every_request`). Larger requests
+/// still, whose head does not fit hyper's buffer, get the same status from
+/// hyper, without a body.
+pub fn check_size(state: &AppState, request: &Request) -> Result<(), ApiError> {
     let config = &state.config;
     let url = request
         .uri()
@@ -31,15 +32,14 @@ pub async fn request_size(State(state): State<AppState>, request: Request, next:
             "uri_too_long",
             format_args!("a URL of {url} bytes, over max_url_length"),
         );
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
             format!(
                 "the URL is longer than the limit of {} bytes",
                 config.max_url_length.as_u64()
             ),
-        )
-        .into_response();
+        ));
     }
     let headers: usize = request
         .headers()
@@ -51,17 +51,16 @@ pub async fn request_size(State(state): State<AppState>, request: Request, next:
             "headers_too_large",
             format_args!("{headers} bytes of headers, over max_header_size"),
         );
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!(
                 "the headers are larger than the limit of {} bytes",
                 config.max_header_size.as_u64()
             ),
-        )
-        .into_response();
+        ));
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// Counts a publish request against its publisher's allowance

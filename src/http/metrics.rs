@@ -1,11 +1,10 @@
-//! `GET /metrics`, and the layers that measure requests: rejections by
-//! error code (every endpoint) and publish durations (the publish routes).
+//! `GET /metrics`, and the count of rejections by error code, which the
+//! router's one middleware makes for every endpoint
+//! (`super::every_request`). Publish durations are recorded by the publish
+//! handlers (`super::publish`).
 
-use std::time::Instant;
-
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -21,26 +20,9 @@ pub async fn metrics(_: Admin, State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Counts every error response under its code.
-pub async fn count_rejections(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
+/// Counts an error response under its code.
+pub fn count_rejection(state: &AppState, response: &Response) {
     if let Some(Rejected(code)) = response.extensions().get::<Rejected>() {
         state.hub.metrics().rejected(code);
     }
-    response
-}
-
-/// Times a publish from the receipt of its request to its acknowledgement
-/// (`201`); refused publishes are counted as rejections instead.
-pub async fn time_publish(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let received = Instant::now();
-    let response = next.run(request).await;
-    if response.status() == StatusCode::CREATED {
-        state.hub.metrics().published_in(received);
-    }
-    response
 }

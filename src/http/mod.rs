@@ -21,8 +21,10 @@ pub use ws::command::parse as parse_ws_command;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -77,15 +79,11 @@ impl axum::extract::FromRef<AppState> for Arc<Auth> {
 
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config);
-    // A publish is timed, and counted against `publish_rate` when there is
-    // one: without a limit, no layer (each costs a request a boxed future
-    // and a clone of the routes within it).
-    let publishing = |route: MethodRouter<AppState>| {
-        let route = route.route_layer(from_fn_with_state(state.clone(), metrics::time_publish));
-        match state.config.publish_rate {
-            0 => route,
-            _ => route.route_layer(from_fn_with_state(state.clone(), limits::publish_rate)),
-        }
+    // A publish is counted against `publish_rate` when there is one:
+    // without a limit, no layer (see `every_request` for what one costs).
+    let publishing = |route: MethodRouter<AppState>| match state.config.publish_rate {
+        0 => route,
+        _ => route.route_layer(from_fn_with_state(state.clone(), limits::publish_rate)),
     };
     Router::new()
         .route("/", get(admin::index))
@@ -106,10 +104,25 @@ pub fn router(state: AppState) -> Router {
         .merge(demo::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), limits::request_size))
-        .layer(from_fn_with_state(state.clone(), metrics::count_rejections))
+        .layer(from_fn_with_state(state.clone(), every_request))
         .layer(cors)
         .with_state(state)
+}
+
+/// What every request goes through: its URL and headers measured against
+/// the limits before it is routed, and its answer counted under its error
+/// code if it is a refusal. One middleware for both, and none for the
+/// publish's timing (its handler records it): each `from_fn` layer costs a
+/// request a boxed future and a clone of the routes within it, about 2,900
+/// instructions, 6% of a publish's (docs/BENCHMARKS-LOG.md, "A publish's
+/// instructions").
+async fn every_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = match limits::check_size(&state, &request) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    };
+    metrics::count_rejection(&state, &response);
+    response
 }
 
 /// Browsers may call the API from the configured origins. Credentials are

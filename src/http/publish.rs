@@ -11,8 +11,11 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State, rejection::PathRejection};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, Path, RawQuery, State, rejection::PathRejection};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
@@ -79,12 +82,30 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
+/// When a publish's request reached its handler, before the other
+/// extractors (the caller's token, the headers, the body): the start of
+/// `sluice_publish_duration_seconds`, which ends at the acknowledgement.
+/// An extractor, first in each publish handler's arguments, rather than a
+/// middleware, which would cost every publish a boxed future and a clone
+/// of the routes (see `super::every_request`).
+pub struct Received(Instant);
+
+impl<S: Send + Sync> FromRequestParts<S> for Received {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Received(Instant::now()))
+    }
+}
+
 /// Publishes `events` under the request's idempotency key, if any, and
-/// answers with their ids: `201 Created` when anything was stored, `200 OK`
-/// when every event was a retry of an earlier publish (then
-/// `"duplicate": true`; a batch mixing both counts its `"duplicates"`).
+/// answers with their ids: `201 Created` when anything was stored (and
+/// the publish's duration is recorded), `200 OK` when every event was a
+/// retry of an earlier publish (then `"duplicate": true`; a batch mixing
+/// both counts its `"duplicates"`).
 async fn publish_events(
     state: &AppState,
+    Received(received): Received,
     caller: &Caller,
     headers: &HeaderMap,
     mut events: Vec<NewEvent>,
@@ -122,7 +143,11 @@ async fn publish_events(
             duplicates,
         }
     };
-    Ok((status, Json(body)).into_response())
+    let response = (status, Json(body)).into_response();
+    if status == StatusCode::CREATED {
+        state.hub.metrics().published_in(received);
+    }
+    Ok(response)
 }
 
 /// The answer to a publish, serialized as it stands: a typed answer
@@ -149,6 +174,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 pub async fn publish(
+    received: Received,
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -160,16 +186,17 @@ pub async fn publish(
     match format {
         BodyFormat::Json => {
             let event = validate::json_event(&body)?;
-            publish_events(&state, &caller, &headers, vec![event], true).await
+            publish_events(&state, received, &caller, &headers, vec![event], true).await
         }
         BodyFormat::Ndjson => {
             let events = validate::ndjson_batch(&body)?;
-            publish_events(&state, &caller, &headers, events, false).await
+            publish_events(&state, received, &caller, &headers, events, false).await
         }
     }
 }
 
 pub async fn publish_to_topic(
+    received: Received,
     State(state): State<AppState>,
     caller: Caller,
     topic: Result<Path<String>, PathRejection>,
@@ -185,5 +212,5 @@ pub async fn publish_to_topic(
     let is_json = media_type(&headers).as_deref() == Some("application/json");
     let body = read_body(&headers, body, state.max_body()).await?;
     let event = validate::raw_event(topic, kind, &body, is_json)?;
-    publish_events(&state, &caller, &headers, vec![event], true).await
+    publish_events(&state, received, &caller, &headers, vec![event], true).await
 }
