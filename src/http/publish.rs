@@ -9,11 +9,11 @@
 //! before the body is read, and whether it may publish to each topic once
 //! the body is validated (`auth::Caller`).
 
-use axum::Json;
-use axum::body::{Body, Bytes};
 use std::convert::Infallible;
 use std::time::Instant;
 
+use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, RawQuery, State, rejection::PathRejection};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
