@@ -14,13 +14,17 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+pub use self::latency::LatencyHistogram;
 use crate::hub::fanout::Transport;
+
+mod latency;
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
 /// Histogram buckets, in seconds: from 50 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
+const BUCKETS: usize = 17;
+const LATENCY_BUCKETS: [f64; BUCKETS] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
@@ -63,7 +67,7 @@ pub struct Metrics {
     /// From the receipt of a publish to its acknowledgement.
     pub publish_duration: Histogram,
     /// From the fan-out queueing a live event to a transport writing it.
-    pub fanout_latency: Histogram,
+    pub fanout_latency: LatencyHistogram,
     /// Batches the write tick wrote to a subscriber's socket itself,
     /// without waking its task (see `hub::outlet`): whole, and in part
     /// (the socket was full, and the task was woken to write the rest).
@@ -209,10 +213,14 @@ impl Metrics {
                 "sluice_publish_duration_seconds",
                 "Time from the receipt of a publish to its acknowledgement",
             ),
-            fanout_latency: histogram(
-                "sluice_fanout_latency_seconds",
-                "Time from the fan-out queueing a live event to a transport writing it",
-            ),
+            fanout_latency: {
+                let h = LatencyHistogram::new(
+                    "sluice_fanout_latency_seconds",
+                    "Time from the fan-out queueing a live event to a transport writing it",
+                );
+                add(Box::new(h.clone()));
+                h
+            },
             tick_writes_whole: tick_writes.with_label_values(&["whole"]),
             tick_writes_partial: tick_writes.with_label_values(&["partial"]),
             subscriptions: gauge("sluice_subscriptions", "Active subscriptions"),

@@ -79,6 +79,7 @@ pub async fn clients(_: Admin, State(state): State<AppState>) -> Json<Value> {
         .into_iter()
         .map(|c| {
             let info = &c.info;
+            let received = *info.received.lock();
             json!({
                 "client_id": info.client_id,
                 "client_name": info.client_name,
@@ -87,9 +88,9 @@ pub async fn clients(_: Admin, State(state): State<AppState>) -> Json<Value> {
                 "transport": info.transport.as_str(),
                 "remote_addr": info.remote_addr.map(|a| a.to_string()),
                 "connected_at": format_time(info.connected_at),
-                "events_received": info.events_received.load(std::sync::atomic::Ordering::Relaxed),
+                "events_received": received.events,
                 "queue_size": c.queue_size,
-                "last_event_id": *info.last_event_id.lock(),
+                "last_event_id": received.last_event_id,
             })
         })
         .collect();

@@ -5,7 +5,6 @@
 //! itself ([`super::direct`]).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequestParts, Path, State, rejection::PathRejection};
@@ -240,8 +239,7 @@ pub(super) fn client_info(
         transport,
         remote_addr: conn.map(|c| c.remote),
         connected_at: Utc::now(),
-        events_received: AtomicU64::new(0),
-        last_event_id: Mutex::new(None),
+        received: Mutex::default(),
     })
 }
 

@@ -36,7 +36,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -80,17 +79,26 @@ pub struct ClientInfo {
     pub transport: Transport,
     pub remote_addr: Option<SocketAddr>,
     pub connected_at: DateTime<Utc>,
-    pub events_received: AtomicU64,
-    pub last_event_id: Mutex<Option<EventId>>,
+    /// Noted at each write to the client, so by the write tick for one
+    /// subscriber after another: one lock, whose count and id are next to
+    /// each other in memory, and read together.
+    pub received: Mutex<Received>,
+}
+
+/// What a client has been written.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Received {
+    pub events: u64,
+    pub last_event_id: Option<EventId>,
 }
 
 impl ClientInfo {
     /// Notes a batch written to the client.
     pub fn received(&self, batch: &[Queued]) {
         if let Some(last) = batch.last() {
-            let received = batch.len() as u64;
-            self.events_received.fetch_add(received, Ordering::Relaxed);
-            *self.last_event_id.lock() = Some(last.event.id);
+            let mut received = self.received.lock();
+            received.events += batch.len() as u64;
+            received.last_event_id = Some(last.event.id);
         }
     }
 }
@@ -107,8 +115,7 @@ impl ClientInfo {
             transport: Transport::Sse,
             remote_addr: None,
             connected_at: Utc::now(),
-            events_received: AtomicU64::new(0),
-            last_event_id: Mutex::new(None),
+            received: Mutex::default(),
         })
     }
 }
@@ -449,7 +456,7 @@ impl Fanout {
             // Its mailbox is full: it is at least this many events
             // behind, plus this one.
             queued = sub.mailbox.capacity(),
-            last_event_id = ?*info.last_event_id.lock(),
+            last_event_id = ?info.received.lock().last_event_id,
             undelivered_id = %undelivered,
             remote = ?info.remote_addr,
             "subscriber fell behind its buffer and was disconnected"
@@ -773,7 +780,7 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll, Waker};
 
     use futures_util::task::noop_waker_ref;

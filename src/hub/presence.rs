@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus::Histogram;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,7 +27,7 @@ use super::Hub;
 use super::fanout::{ClientInfo, Queued};
 use super::writer::Writer;
 use crate::event::NewEvent;
-use crate::metrics::{Metrics, TransportMetrics};
+use crate::metrics::{LatencyHistogram, Metrics, TransportMetrics};
 
 pub const CLIENTS_TOPIC: &str = "$sys/clients";
 pub const SUBSCRIPTIONS_TOPIC: &str = "$sys/subscriptions";
@@ -273,7 +272,7 @@ impl Presence {
 #[derive(Clone)]
 pub struct Meter {
     transport: TransportMetrics,
-    latency: Histogram,
+    latency: LatencyHistogram,
 }
 
 impl Meter {
@@ -282,29 +281,16 @@ impl Meter {
         self.transport.bytes.inc_by(bytes as u64);
     }
 
-    /// The transport wrote a batch of events. The shared counters and
+    /// The transport wrote a batch of events. The shared counter and
     /// histogram are touched once per batch, not once per event: each touch
     /// is an atomic write that both cores fight over.
     pub fn delivered(&self, batch: &[Queued]) {
         self.transport.delivered.inc_by(batch.len() as u64);
         let mut live = batch.iter().filter_map(|q| q.dispatched).peekable();
-        let Some(&first) = live.peek() else {
-            return;
-        };
-        let now = Instant::now();
-        let seconds = |dispatched| now.saturating_duration_since(dispatched).as_secs_f64();
-        let histogram = &self.latency;
-        if batch.len() == 1 {
-            // Straight into the shared histogram: a local one is an
-            // allocation, and saves nothing for one observation.
-            histogram.observe(seconds(first));
-            return;
+        // A replayed batch has no latency to observe: no clock read.
+        if live.peek().is_some() {
+            self.latency.observe_since(Instant::now(), live);
         }
-        let latency = histogram.local();
-        for dispatched in live {
-            latency.observe(seconds(dispatched));
-        }
-        latency.flush();
     }
 }
 
@@ -329,10 +315,7 @@ impl Drop for Presence {
         } else {
             Reason::Closed
         });
-        let events_received = self
-            .info
-            .events_received
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let events_received = self.info.received.lock().events;
         tracing::info!(
             client_id = %self.info.client_id,
             client_name = self.info.client_name.as_deref().unwrap_or(""),
@@ -365,13 +348,11 @@ fn missing_from(list: &[String], other: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
-
     use chrono::Utc;
     use parking_lot::Mutex;
 
     use super::*;
-    use crate::hub::fanout::Transport;
+    use crate::hub::fanout::{Received, Transport};
 
     fn info(transport: Transport) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
@@ -381,8 +362,10 @@ mod tests {
             transport,
             remote_addr: Some("127.0.0.1:9".parse().unwrap()),
             connected_at: Utc::now(),
-            events_received: AtomicU64::new(3),
-            last_event_id: Mutex::new(None),
+            received: Mutex::new(Received {
+                events: 3,
+                last_event_id: None,
+            }),
         })
     }
 
@@ -570,7 +553,7 @@ mod tests {
         presence.delivered(&[queued(Some(Instant::now()))]);
         let meter = s.metrics.transport(Transport::Ndjson);
         assert_eq!((meter.bytes.get(), meter.delivered.get()), (15, 2));
-        assert_eq!(s.metrics.fanout_latency.get_sample_count(), 1, "live only");
+        assert_eq!(s.metrics.fanout_latency.sample_count(), 1, "live only");
         assert_eq!(s.metrics.transport(Transport::Sse).delivered.get(), 0);
     }
 }
