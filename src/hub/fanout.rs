@@ -79,9 +79,8 @@ pub struct ClientInfo {
     pub transport: Transport,
     pub remote_addr: Option<SocketAddr>,
     pub connected_at: DateTime<Utc>,
-    /// Noted at each write to the client, so by the write tick for one
-    /// subscriber after another: one lock, whose count and id are next to
-    /// each other in memory, and read together.
+    /// Noted at each write to the client, under one lock, so that
+    /// `/clients` reads the count and the last id of the same write.
     pub received: Mutex<Received>,
 }
 

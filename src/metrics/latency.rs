@@ -10,8 +10,7 @@
 //! reads they were 7-8% of the hub's CPU samples in that scenario (docs/
 //! BENCHMARKS-LOG.md, "The delivery metrics' histogram"). Here a batch
 //! is counted on the stack in whole nanoseconds, and the shared atomics are
-//! touched once per batch: the buckets it fell into, the sum and nothing
-//! else. Rendered, it is a Prometheus histogram like any other.
+//! touched once per batch: the buckets it fell into and the sum. Rendered, it is a Prometheus histogram like any other.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,13 +26,15 @@ use super::{BUCKETS, LATENCY_BUCKETS};
 pub struct LatencyHistogram(Arc<Counts>);
 
 /// Bucket counts (not cumulative: the last is over the last bound) and the
-/// sum of every observation, in nanoseconds. The count is the buckets' sum,
-/// so that a scrape's `_count` is always its `+Inf` bucket.
+/// sum of every observation. The count is the buckets' sum, so that a
+/// scrape's `_count` is always its `+Inf` bucket. The sum is kept in
+/// microseconds: in nanoseconds, a million deliveries a second at 8 ms
+/// each would wrap it in about 25 days; in microseconds, in 69 years.
 struct Counts {
     desc: Desc,
     bounds_ns: [u64; BUCKETS],
     buckets: [AtomicU64; BUCKETS + 1],
-    sum_ns: AtomicU64,
+    sum_us: AtomicU64,
 }
 
 impl LatencyHistogram {
@@ -44,7 +45,7 @@ impl LatencyHistogram {
             desc,
             bounds_ns: LATENCY_BUCKETS.map(|seconds| (seconds * 1e9).round() as u64),
             buckets: Default::default(),
-            sum_ns: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
         }))
     }
 
@@ -68,7 +69,10 @@ impl LatencyHistogram {
                 shared.fetch_add(n, Ordering::Relaxed);
             }
         }
-        counts.sum_ns.fetch_add(sum_ns, Ordering::Relaxed);
+        // Rounded once per batch, not once per observation.
+        counts
+            .sum_us
+            .fetch_add((sum_ns + 500) / 1000, Ordering::Relaxed);
     }
 
     pub fn sample_count(&self) -> u64 {
@@ -96,7 +100,7 @@ impl Collector for LatencyHistogram {
         let over = counts.buckets[BUCKETS].load(Ordering::Relaxed);
         let mut histogram = Histogram::default();
         histogram.set_sample_count(cumulative + over);
-        histogram.set_sample_sum(counts.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        histogram.set_sample_sum(counts.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
         histogram.set_bucket(buckets);
         let mut metric = Metric::default();
         metric.set_histogram(histogram);
