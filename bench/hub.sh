@@ -1,9 +1,9 @@
 # Sourced by the benchmark scripts that start Sluice hubs one after another
-# (nchan.sh, floor.sh, storage.sh), with WORK set to their temporary
-# directory: builds Sluice in release mode, copies the binary into WORK as
-# BIN (so that builds of the same tree during a run cannot replace it), and
-# defines start_sluice_with and stop_hub, stop_hub also on exit, and
-# machine.
+# (nchan.sh, floor.sh, storage.sh, instructions.sh), with WORK set to their
+# temporary directory: builds Sluice in release mode, copies the binary into
+# WORK as BIN (so that builds of the same tree during a run cannot replace
+# it), and defines start_sluice_with and stop_hub, stop_hub also on exit,
+# and machine.
 
 cargo build --release --quiet
 BIN="$WORK/sluice"
@@ -16,6 +16,8 @@ machine() {
 }
 
 HUB_PID=
+# A command the hub runs under (bench/instructions.sh's valgrind), if any.
+HUB_WRAPPER=()
 stop_hub() {
   if [ -n "$HUB_PID" ]; then
     kill -TERM "$HUB_PID" 2>/dev/null || true
@@ -34,7 +36,7 @@ start_sluice_with() {
   # background: the previous hub's address must not be read for this one's.
   : >"$WORK/sluice.out"
   SLUICE_MAX_CONNECTIONS=1000000 SLUICE_MAX_CONNECTIONS_PER_IP=1000000 \
-    "$BIN" serve --listen 127.0.0.1:0 --log-level warn "$@" \
+    "${HUB_WRAPPER[@]}" "$BIN" serve --listen 127.0.0.1:0 --log-level warn "$@" \
     >"$WORK/sluice.out" 2>>"$WORK/sluice.log" &
   HUB_PID=$!
   HUB_PIDS=$HUB_PID
